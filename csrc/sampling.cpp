@@ -1,0 +1,906 @@
+// Fused sampling kernels (CPU). This file is compiled twice: as itself (portable scalar code,
+// namespace ssm::samp_scalar, plus the runtime dispatcher) and through sampling_avx2.cpp with
+// AVX2/FMA/F16C enabled (namespace ssm::samp_avx2, 8-wide exp and loads).
+//
+// Per row (see torch_sampling.py for the rules), the paths are:
+//  * plain temperature sampling with replacement: a max pass, then one exp+sum pass storing
+//    per-block (kB elements) float sums as doubles; each sample finds its block through the
+//    double prefix of block sums and rescans only that block (exps recomputed the same way).
+//    A long row with few rows is split across threads (max and block sums per chunk).
+//  * without replacement: the exponential race over all entries, pruned by the bound
+//    key <= z + 17.33 (so Philox and the logs run only for entries that can still win).
+//  * filters: a candidate list (index, z, e) that is a superset of the kept entries: the
+//    top-k set (a heap over the inputs, then every z >= the k-th z), or for top-p alone the
+//    entries above a histogram cut, or for min-p alone the entries above log(min_p); the exact
+//    top-p / min-p rules then run on that list, and samples are drawn from it.
+//  * anything unusual (float64, +inf logits, infinite or negative temperature): a generic path
+//    that materialises z and e for the row and follows the reference step by step.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "sampling.h"
+#include "softmax.h"
+#include "thread_pool.h"
+
+#if defined(SSM_SAMPLING_AVX2_TU)
+#define SSM_SNS samp_avx2
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define SSM_SVEC 1
+#include <immintrin.h>
+#else
+#define SSM_SVEC 0
+#endif
+#else
+#define SSM_SNS samp_scalar
+#define SSM_SVEC 0
+#endif
+
+namespace ssm {
+namespace SSM_SNS {
+namespace {
+
+using i64 = std::int64_t;
+using u32 = std::uint32_t;
+
+constexpr i64 kB = 512;                 // block length for the block sums
+constexpr float kZCut = -103.97f;       // exp(z) > 0 in float32 exactly when z >= kZCut (our exp)
+constexpr float kRaceSlack = 17.5f;     // -log(E) <= 17.33 for every E the race can draw
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// ---------------------------------------------------------------- random numbers
+
+struct Rng {
+  std::uint64_t key;
+  u32 c1, c2, c3;
+  i64 cached = -1;
+  u32 w[4] = {0, 0, 0, 0};
+  Rng(std::int64_t seed, std::int64_t row_id, std::int64_t offset)
+      : key(std::uint64_t(seed)), c1(u32(std::uint64_t(row_id))), c2(u32(std::uint64_t(offset))),
+        c3(u32(std::uint64_t(offset) >> 32)) {}
+  // Uniform in [0, 1) for inverse-CDF sample k: word 0 of counter c0 = k.
+  double uniform(i64 k) const {
+    u32 c[4] = {u32(k), c1, c2, c3};
+    philox4x32_10(key, c);
+    return double(c[0]) * 0x1p-32;
+  }
+  // log(E_i), E_i = -log(u_i): the race's per-entry draw (float32, as the reference).
+  float log_exponential(i64 i) {
+    const i64 g = i >> 2;
+    if (g != cached) {
+      w[0] = u32(g); w[1] = c1; w[2] = c2; w[3] = c3;
+      philox4x32_10(key, w);
+      cached = g;
+    }
+    const float u = (float(w[i & 3] >> 8) + 0.5f) * 0x1p-24f;
+    const float e = -std::log(u);
+    return std::log(e);
+  }
+};
+
+// ---------------------------------------------------------------- vector helpers
+
+#if SSM_SVEC
+inline __m256 vload(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 vload(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m256 vload(const BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline __m256 vload(const double* p) {  // compiled for completeness; float64 rows take the generic path
+  return _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(p + 4)), _mm256_cvtpd_ps(_mm256_loadu_pd(p)));
+}
+template <class T> inline __m256 vload_tail(const T* p, i64 n, float pad) {
+  alignas(32) float b[8];
+  for (int i = 0; i < 8; ++i) b[i] = i < n ? load_as<float>(p + i) : pad;
+  return _mm256_load_ps(b);
+}
+
+// exp for float32 lanes, ~1 ulp (Cephes-style degree-7 polynomial on r in [-ln2/2, ln2/2]).
+// Fast path for x in [-86, 88] (2^n applied through the exponent bits); vectors with a lane
+// outside (or NaN) take exp8_wide: subnormal results via a two-step scale, 0 below kZCut (so
+// -inf -> 0) and 0 for NaN.
+inline __m256 exp8_poly(__m256 r) {
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  return _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+}
+
+__attribute__((noinline)) __m256 exp8_wide(__m256 x) {
+  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(88.7228f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  const __m256 y = exp8_poly(r);
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256i n1 = _mm256_srai_epi32(ni, 1);
+  const __m256i n2 = _mm256_sub_epi32(ni, n1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+  const __m256 res = _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+  return _mm256_and_ps(res, _mm256_cmp_ps(x, _mm256_set1_ps(kZCut), _CMP_GE_OQ));
+}
+
+// kNonPos: the caller guarantees x <= 0 (or -inf / NaN), which saves the upper range check.
+template <bool kNonPos = false> inline __m256 exp8(__m256 x) {
+  __m256 out = _mm256_cmp_ps(x, _mm256_set1_ps(-86.0f), _CMP_NGE_UQ);
+  if (!kNonPos) out = _mm256_or_ps(out, _mm256_cmp_ps(x, _mm256_set1_ps(88.0f), _CMP_GT_OQ));
+  if (__builtin_expect(_mm256_movemask_ps(out) != 0, 0)) return exp8_wide(x);
+  const __m256 shift = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23: rounds to an integer in the low bits
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift);
+  const __m256 n = _mm256_sub_ps(t, shift);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  const __m256 y = exp8_poly(r);
+  return _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
+inline double hsum_d(__m256 v) {
+  const __m256d a = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+  return _mm_cvtsd_f64(s) + _mm_cvtsd_f64(_mm_unpackhi_pd(s, s));
+}
+#endif
+
+// exp over an array (same values as the vector kernels use).
+void exp_array(const float* z, float* e, i64 n) {
+#if SSM_SVEC
+  i64 i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(e + i, exp8(_mm256_loadu_ps(z + i)));
+  if (i < n) {
+    alignas(32) float b[8];
+    for (int j = 0; j < 8; ++j) b[j] = i + j < n ? z[i + j] : -kInf;
+    _mm256_store_ps(b, exp8(_mm256_load_ps(b)));
+    for (i64 j = 0; i + j < n; ++j) e[i + j] = b[j];
+  }
+#else
+  for (i64 i = 0; i < n; ++i) e[i] = z[i] >= kZCut ? std::exp(z[i]) : 0.0f;
+#endif
+}
+
+inline float exp1(float z) {
+  float e;
+  exp_array(&z, &e, 1);
+  return e;
+}
+inline double exp_acc(double z) { return std::exp(z); }
+inline float exp_acc(float z) { return exp1(z); }
+
+// ---------------------------------------------------------------- row passes (float acc)
+
+// max over n entries and whether any is NaN
+template <class T> void row_max(const T* x, i64 n, float& m, bool& nan) {
+  i64 i = 0;
+  float mm = -kInf;
+  bool bad = false;
+#if SSM_SVEC
+  __m256 vm0 = _mm256_set1_ps(-kInf), vm1 = vm0, vn = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = vload(x + i), b = vload(x + i + 8);
+    vm0 = _mm256_max_ps(vm0, a);
+    vm1 = _mm256_max_ps(vm1, b);
+    vn = _mm256_or_ps(vn, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+  }
+  vm0 = _mm256_max_ps(vm0, vm1);
+  alignas(32) float buf[8];
+  _mm256_store_ps(buf, vm0);
+  for (int j = 0; j < 8; ++j) mm = std::max(mm, buf[j]);
+  bad = _mm256_movemask_ps(vn) != 0;
+#endif
+  for (; i < n; ++i) {
+    const float v = load_as<float>(x + i);
+    if (v != v) bad = true;
+    else if (v > mm) mm = v;
+  }
+  m = mm;
+  nan = bad;
+}
+
+// Weight transforms: logits e = exp((x - m) / T); probabilities w = x.
+struct LogitW {
+  float m, t;
+  float z(float x) const { return (x - m) / t; }
+  bool positive(float x) const { return z(x) >= kZCut; }
+};
+struct ProbW {
+  float m = 0, t = 1;  // unused (uniform interface with LogitW)
+  bool positive(float x) const { return x > 0; }
+};
+
+// Sums of the weights of each block in [c0, c1) (c0 a multiple of kB, c1 a block end or the row end).
+template <class T, class W> void block_sums(const T* x, i64 c0, i64 c1, const W& w, double* out) {
+  constexpr bool kProbs = std::is_same<W, ProbW>::value;
+  for (i64 b0 = c0; b0 < c1; b0 += kB) {
+    const i64 b1 = std::min(b0 + kB, c1);
+#if SSM_SVEC
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    i64 i = b0;
+    if constexpr (kProbs) {
+      for (; i + 16 <= b1; i += 16) {
+        acc0 = _mm256_add_ps(acc0, vload(x + i));
+        acc1 = _mm256_add_ps(acc1, vload(x + i + 8));
+      }
+      for (; i < b1; i += 8) acc0 = _mm256_add_ps(acc0, vload_tail(x + i, b1 - i, 0.0f));
+    } else {
+      // Sums only steer the search to a block (which is then rescanned with exact division), so
+      // z here is (x - m) * (1/T): within an ulp of the division, z <= 0 still.
+      const __m256 vm = _mm256_set1_ps(w.m), vr = _mm256_set1_ps(1.0f / w.t);
+      for (; i + 16 <= b1; i += 16) {
+        acc0 = _mm256_add_ps(acc0, exp8<true>(_mm256_mul_ps(_mm256_sub_ps(vload(x + i), vm), vr)));
+        acc1 = _mm256_add_ps(acc1, exp8<true>(_mm256_mul_ps(_mm256_sub_ps(vload(x + i + 8), vm), vr)));
+      }
+      for (; i < b1; i += 8)
+        acc0 = _mm256_add_ps(acc0, exp8<true>(_mm256_mul_ps(_mm256_sub_ps(vload_tail(x + i, b1 - i, -kInf), vm), vr)));
+    }
+    out[(b0 - c0) / kB] = hsum_d(_mm256_add_ps(acc0, acc1));
+#else
+    double s = 0;
+    for (i64 i = b0; i < b1; ++i) {
+      if constexpr (kProbs) s += double(load_as<float>(x + i));
+      else s += double(exp1(w.z(load_as<float>(x + i))));
+    }
+    out[(b0 - c0) / kB] = s;
+#endif
+  }
+}
+
+// The weights of entries [b0, b0 + n) into out (n <= kB).
+template <class T, class W> void block_weights(const T* x, i64 b0, i64 n, const W& w, float* out) {
+  constexpr bool kProbs = std::is_same<W, ProbW>::value;
+#if SSM_SVEC
+  const __m256 vm = _mm256_set1_ps(kProbs ? 0.f : w.m), vt = _mm256_set1_ps(kProbs ? 1.f : w.t);
+  i64 i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = vload(x + b0 + i);
+    _mm256_storeu_ps(out + i, kProbs ? v : exp8<true>(_mm256_div_ps(_mm256_sub_ps(v, vm), vt)));
+  }
+  if (i < n) {
+    alignas(32) float b[8];
+    const __m256 v = vload_tail(x + b0 + i, n - i, kProbs ? 0.f : -kInf);
+    _mm256_store_ps(b, kProbs ? v : exp8(_mm256_div_ps(_mm256_sub_ps(v, vm), vt)));
+    for (i64 j = 0; i + j < n; ++j) out[i + j] = b[j];
+  }
+#else
+  for (i64 i = 0; i < n; ++i) {
+    const float v = load_as<float>(x + b0 + i);
+    if constexpr (kProbs) out[i] = v;
+    else out[i] = exp1(w.z(v));
+  }
+#endif
+}
+
+// ---------------------------------------------------------------- outputs
+
+struct RowOut {
+  i64* tok;
+  float* lp;  // nullable
+  i64 n;
+  void fill_bad() const {
+    for (i64 k = 0; k < n; ++k) {
+      tok[k] = -1;
+      if (lp) lp[k] = float(kNaN);
+    }
+  }
+  void set(i64 k, i64 idx, double logprob) const {
+    tok[k] = idx;
+    if (lp) lp[k] = idx >= 0 ? float(logprob) : float(kNaN);
+  }
+};
+
+// ---------------------------------------------------------------- top-n heap for the race
+
+template <class K> struct TopN {
+  std::vector<std::pair<K, i64>> h;
+  i64 cap;
+  static bool better(const std::pair<K, i64>& a, const std::pair<K, i64>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  }
+  explicit TopN(i64 c) : cap(c) { h.reserve(std::size_t(std::min<i64>(c, 1 << 16))); }
+  bool full() const { return i64(h.size()) >= cap; }
+  K threshold() const { return full() ? h.front().first : -std::numeric_limits<K>::infinity(); }
+  void push(K key, i64 idx) {
+    const std::pair<K, i64> e(key, idx);
+    if (!full()) {
+      h.push_back(e);
+      std::push_heap(h.begin(), h.end(), better);
+    } else if (better(e, h.front())) {
+      std::pop_heap(h.begin(), h.end(), better);
+      h.back() = e;
+      std::push_heap(h.begin(), h.end(), better);
+    }
+  }
+  void sorted() { std::sort(h.begin(), h.end(), better); }
+};
+
+// ---------------------------------------------------------------- candidate lists
+
+template <class Acc> struct Cand {
+  i64 idx;
+  Acc z;  // log-weight (z for logits, log p for probabilities)
+  Acc e;  // weight (> 0)
+};
+
+struct Filters {
+  bool top_p_on = false, min_p_on = false;
+  float top_p = 1, min_p = 0;
+};
+
+// top-p then min-p on candidates (a superset of the kept entries whose complement top-p would
+// drop anyway), then the draws. `mass` is the kept mass before top-p.
+template <class Acc>
+void finish(std::vector<Cand<Acc>>& c, double mass, const Filters& f, Rng& rng, bool replacement, const RowOut& out) {
+  if (f.top_p_on) {
+    std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.z > b.z || (a.z == b.z && a.idx < b.idx); });
+    const double lim = double(f.top_p) * mass;
+    double above = 0;
+    std::size_t i = 0;
+    while (i < c.size()) {
+      if (!(above < lim)) break;
+      std::size_t j = i;
+      while (j < c.size() && c[j].z == c[i].z) above += double(c[j++].e);
+      i = j;
+    }
+    c.resize(i);
+  }
+  if (f.min_p_on) {
+    const Acc mp = Acc(f.min_p);
+    c.erase(std::remove_if(c.begin(), c.end(), [mp](const Cand<Acc>& a) { return !(a.e >= mp); }), c.end());
+  }
+  std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.idx < b.idx; });
+  if (c.empty()) return out.fill_bad();
+  thread_local std::vector<double> cum;
+  cum.resize(c.size());
+  double total = 0;
+  for (std::size_t i = 0; i < c.size(); ++i) cum[i] = total += double(c[i].e);
+  const double log_total = std::log(total);
+  if (replacement) {
+    for (i64 k = 0; k < out.n; ++k) {
+      const double target = rng.uniform(k) * total;
+      std::size_t j = std::size_t(std::upper_bound(cum.begin(), cum.end(), target) - cum.begin());
+      if (j >= c.size()) j = c.size() - 1;
+      out.set(k, c[j].idx, double(c[j].z) - log_total);
+    }
+  } else {
+    TopN<Acc> top(out.n);
+    for (const auto& a : c) top.push(a.z - Acc(rng.log_exponential(a.idx)), a.idx);
+    top.sorted();
+    // candidate z by index, for the log-probabilities
+    for (i64 k = 0; k < out.n; ++k) {
+      if (k < i64(top.h.size())) {
+        const i64 idx = top.h[std::size_t(k)].second;
+        const auto it = std::lower_bound(c.begin(), c.end(), idx, [](const Cand<Acc>& a, i64 v) { return a.idx < v; });
+        out.set(k, idx, double(it->z) - log_total);
+      } else {
+        out.set(k, -1, 0);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- generic path (any row)
+
+template <class Acc, class T>
+void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filters& f, Rng& rng, bool replacement,
+                        const RowOut& out) {
+  thread_local std::vector<Acc> z, tmp;
+  z.resize(std::size_t(V));
+  const Acc inf = std::numeric_limits<Acc>::infinity();
+  for (i64 i = 0; i < V; ++i) {
+    const Acc xi = load_as<Acc>(x + i);
+    Acc s;
+    if (m == inf) s = xi == inf ? Acc(0) : -inf;
+    else s = xi - (std::isfinite(m) ? m : Acc(0));
+    z[std::size_t(i)] = s / t;
+  }
+  bool kth_nan = false;
+  Acc kth = -inf;
+  const bool k_on = top_k > 0 && top_k < V;
+  if (k_on) {  // k-th largest z, NaN ranking above everything (as torch.sort / topk)
+    tmp.clear();
+    i64 nans = 0;
+    for (i64 i = 0; i < V; ++i) {
+      if (z[std::size_t(i)] != z[std::size_t(i)]) ++nans;
+      else tmp.push_back(z[std::size_t(i)]);
+    }
+    if (top_k <= nans) {
+      kth_nan = true;
+    } else {
+      const std::size_t r = std::size_t(top_k - nans - 1);
+      std::nth_element(tmp.begin(), tmp.begin() + std::ptrdiff_t(r), tmp.end(), std::greater<Acc>());
+      kth = tmp[r];
+    }
+  }
+  thread_local std::vector<Cand<Acc>> c;
+  c.clear();
+  double mass = 0;
+  if (!kth_nan) {
+    for (i64 i = 0; i < V; ++i) {
+      const Acc zi = z[std::size_t(i)];
+      if (!(zi >= kth)) continue;
+      const Acc e = exp_acc(zi);
+      if (!(e > 0)) continue;
+      c.push_back({i, zi, e});
+      mass += double(e);
+    }
+  }
+  finish(c, mass, f, rng, replacement, out);
+}
+
+template <class Acc, class T>
+void generic_probs_row(const T* x, i64 V, Rng& rng, bool replacement, const RowOut& out) {
+  thread_local std::vector<Cand<Acc>> c;
+  c.clear();
+  for (i64 i = 0; i < V; ++i) {
+    const Acc w = load_as<Acc>(x + i);
+    if (w > 0) c.push_back({i, std::log(w), w});
+  }
+  finish(c, 0.0, Filters{}, rng, replacement, out);
+}
+
+// ---------------------------------------------------------------- fast paths (float acc)
+
+// Inverse-CDF draws from block sums bs[0..nb) of the row's weights.
+template <class T, class W>
+void draw_from_blocks(const T* x, i64 V, const W& w, const double* bs, Rng& rng, const RowOut& out,
+                      const LogitW* lw) {
+  const i64 nb = (V + kB - 1) / kB;
+  thread_local std::vector<double> prefix;
+  prefix.resize(std::size_t(nb + 1));
+  prefix[0] = 0;
+  for (i64 b = 0; b < nb; ++b) prefix[std::size_t(b + 1)] = prefix[std::size_t(b)] + bs[b];
+  const double total = prefix[std::size_t(nb)];
+  if (!(total > 0)) return out.fill_bad();
+  const double log_total = std::log(total);
+  alignas(32) float buf[kB];
+  auto logp = [&](i64 idx) { return lw ? double(lw->z(load_as<float>(x + idx))) - log_total : 0.0; };
+  for (i64 k = 0; k < out.n; ++k) {
+    const double target = rng.uniform(k) * total;
+    const i64 b = i64(std::upper_bound(prefix.begin() + 1, prefix.end(), target) - (prefix.begin() + 1));
+    i64 pick = -1;
+    if (b < nb) {
+      const i64 b0 = b * kB, n = std::min(kB, V - b0);
+      block_weights(x, b0, n, w, buf);
+      double c = prefix[std::size_t(b)];
+      i64 last = -1;
+      for (i64 i = 0; i < n; ++i) {
+        if (buf[i] > 0) last = i;
+        c += double(buf[i]);
+        if (c > target && buf[i] > 0) { pick = b0 + i; break; }
+      }
+      if (pick < 0 && last >= 0) pick = b0 + last;
+    }
+    if (pick < 0) {  // rounding put the target at the top: the last entry with weight
+      for (i64 i = V - 1; i >= 0; --i)
+        if (w.positive(load_as<float>(x + i))) { pick = i; break; }
+    }
+    out.set(k, pick, logp(pick));
+  }
+}
+
+// Exponential race over the whole row (no filters), pruned: key <= logw + kRaceSlack.
+template <class T, class W>
+void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double log_total) {
+  constexpr bool kProbs = std::is_same<W, ProbW>::value;
+  TopN<float> top(out.n);
+  i64 count = 0;
+  auto visit = [&](i64 i, float v) {  // v: the input value of a positive entry
+    float lw;
+    if constexpr (kProbs) lw = std::log(v);
+    else lw = w.z(v);
+    top.push(lw - rng.log_exponential(i), i);
+  };
+  // bound on the input value below which an entry cannot enter the heap
+  auto bound = [&]() -> float {
+    if (!top.full()) return kProbs ? 0.0f : -kInf;
+    const float thr = top.threshold() - kRaceSlack;
+    if constexpr (kProbs) return std::exp(thr);
+    else {  // z < thr  <=  x < thr * t + m, less a margin for the rounding of both sides
+      const float xb = thr * w.t + w.m;
+      return xb - 1e-5f * (std::fabs(thr * w.t) + std::fabs(w.m)) - 1e-30f;
+    }
+  };
+  float xb = bound();
+  i64 i = 0;
+#if SSM_SVEC
+  const __m256 vm = _mm256_set1_ps(kProbs ? 0.f : w.m), vt = _mm256_set1_ps(kProbs ? 1.f : w.t);
+  const __m256 vcut = _mm256_set1_ps(kZCut), vzero = _mm256_setzero_ps();
+  for (; i + 8 <= V; i += 8) {
+    const __m256 v = vload(x + i);
+    __m256 pos;
+    if constexpr (kProbs) pos = _mm256_cmp_ps(v, vzero, _CMP_GT_OQ);
+    else pos = _mm256_cmp_ps(_mm256_div_ps(_mm256_sub_ps(v, vm), vt), vcut, _CMP_GE_OQ);
+    const int pm = _mm256_movemask_ps(pos);
+    count += __builtin_popcount(unsigned(pm));
+    int cm = pm & _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(xb), _CMP_GE_OQ));
+    if (cm == 0) continue;
+    alignas(32) float vb[8];
+    _mm256_store_ps(vb, v);
+    while (cm) {
+      const int j = __builtin_ctz(unsigned(cm));
+      cm &= cm - 1;
+      if (vb[j] >= xb) {
+        visit(i + j, vb[j]);
+        xb = bound();
+      }
+    }
+  }
+#endif
+  for (; i < V; ++i) {
+    const float v = load_as<float>(x + i);
+    if (!w.positive(v)) continue;
+    ++count;
+    if (v >= xb) {
+      visit(i, v);
+      xb = bound();
+    }
+  }
+  top.sorted();
+  for (i64 k = 0; k < out.n; ++k) {
+    if (k < i64(top.h.size()) && k < count) {
+      const i64 idx = top.h[std::size_t(k)].second;
+      double lp = 0;
+      if constexpr (!kProbs) lp = double(w.z(load_as<float>(x + idx))) - log_total;
+      out.set(k, idx, lp);
+    } else {
+      out.set(k, -1, 0);
+    }
+  }
+}
+
+// k-th largest input value (as float) of a NaN-free row.
+template <class T> float kth_largest(const T* x, i64 V, i64 k) {
+  thread_local std::vector<float> h;
+  if (k > 4096 || k * 8 > V) {
+    h.resize(std::size_t(V));
+    for (i64 i = 0; i < V; ++i) h[std::size_t(i)] = load_as<float>(x + i);
+    std::nth_element(h.begin(), h.begin() + (k - 1), h.end(), std::greater<float>());
+    return h[std::size_t(k - 1)];
+  }
+  h.resize(std::size_t(k));
+  for (i64 i = 0; i < k; ++i) h[std::size_t(i)] = load_as<float>(x + i);
+  std::make_heap(h.begin(), h.end(), std::greater<float>());  // min-heap
+  float thr = h.front();
+  auto offer = [&](float v) {
+    if (v > thr) {
+      std::pop_heap(h.begin(), h.end(), std::greater<float>());
+      h.back() = v;
+      std::push_heap(h.begin(), h.end(), std::greater<float>());
+      thr = h.front();
+    }
+  };
+  i64 i = k;
+#if SSM_SVEC
+  for (; i < V && (i & 7); ++i) offer(load_as<float>(x + i));
+  for (; i + 16 <= V; i += 16) {
+    const __m256 a = vload(x + i), b = vload(x + i + 8);
+    const __m256 vt = _mm256_set1_ps(thr);
+    const int ma = _mm256_movemask_ps(_mm256_cmp_ps(a, vt, _CMP_GT_OQ));
+    const int mb = _mm256_movemask_ps(_mm256_cmp_ps(b, vt, _CMP_GT_OQ));
+    if ((ma | mb) == 0) continue;
+    alignas(32) float buf[16];
+    _mm256_store_ps(buf, a);
+    _mm256_store_ps(buf + 8, b);
+    for (int j = 0; j < 16; ++j) offer(buf[j]);
+  }
+#endif
+  for (; i < V; ++i) offer(load_as<float>(x + i));
+  return thr;
+}
+
+// Entries with z > zlo (strict) or z >= zlo, with their weights (e > 0 only), into c; returns their mass.
+template <class T>
+double gather(const T* x, i64 V, const LogitW& w, float zlo, bool strict, std::vector<Cand<float>>& c) {
+  thread_local std::vector<float> zs, es;
+  thread_local std::vector<i64> ids;
+  zs.clear();
+  ids.clear();
+  i64 i = 0;
+#if SSM_SVEC
+  const __m256 vm = _mm256_set1_ps(w.m), vt = _mm256_set1_ps(w.t), vlo = _mm256_set1_ps(zlo);
+  for (; i + 8 <= V; i += 8) {
+    const __m256 z = _mm256_div_ps(_mm256_sub_ps(vload(x + i), vm), vt);
+    int mk = _mm256_movemask_ps(strict ? _mm256_cmp_ps(z, vlo, _CMP_GT_OQ) : _mm256_cmp_ps(z, vlo, _CMP_GE_OQ));
+    if (!mk) continue;
+    alignas(32) float zb[8];
+    _mm256_store_ps(zb, z);
+    while (mk) {
+      const int j = __builtin_ctz(unsigned(mk));
+      mk &= mk - 1;
+      zs.push_back(zb[j]);
+      ids.push_back(i + j);
+    }
+  }
+#endif
+  for (; i < V; ++i) {
+    const float z = w.z(load_as<float>(x + i));
+    if (strict ? z > zlo : z >= zlo) {
+      zs.push_back(z);
+      ids.push_back(i);
+    }
+  }
+  es.resize(zs.size());
+  exp_array(zs.data(), es.data(), i64(zs.size()));
+  c.clear();
+  double mass = 0;
+  for (std::size_t j = 0; j < zs.size(); ++j) {
+    if (es[j] > 0) {
+      c.push_back({ids[j], zs[j], es[j]});
+      mass += double(es[j]);
+    }
+  }
+  return mass;
+}
+
+// Total weight and a z cut for top-p: entries with z <= the cut carry (with everything above
+// them) at least top_p of the mass, so top-p drops them. Returns the cut (-inf: none found).
+template <class T> float top_p_cut(const T* x, i64 V, const LogitW& w, float top_p, double& total) {
+  constexpr int kBins = 64;  // width 0.25 in z over (-16, 0]
+  double hist[kBins] = {0};
+  double sum = 0;
+  i64 i = 0;
+#if SSM_SVEC
+  const __m256 vm = _mm256_set1_ps(w.m), vt = _mm256_set1_ps(w.t), vlo = _mm256_set1_ps(-16.0f);
+  while (i + 8 <= V) {
+    __m256 acc = _mm256_setzero_ps();
+    const i64 stop = std::min(V - 7, i + kB);
+    for (; i < stop; i += 8) {
+      const __m256 z = _mm256_div_ps(_mm256_sub_ps(vload(x + i), vm), vt);
+      const __m256 e = exp8(z);
+      acc = _mm256_add_ps(acc, e);
+      int mk = _mm256_movemask_ps(_mm256_cmp_ps(z, vlo, _CMP_GT_OQ));
+      if (!mk) continue;
+      alignas(32) float zb[8], eb[8];
+      _mm256_store_ps(zb, z);
+      _mm256_store_ps(eb, e);
+      while (mk) {
+        const int j = __builtin_ctz(unsigned(mk));
+        mk &= mk - 1;
+        hist[int(-zb[j] * 4.0f)] += double(eb[j]);
+      }
+    }
+    sum += hsum_d(acc);
+  }
+#endif
+  for (; i < V; ++i) {
+    const float z = w.z(load_as<float>(x + i));
+    const float e = exp1(z);
+    sum += double(e);
+    if (z > -16.0f) hist[int(-z * 4.0f)] += double(e);
+  }
+  total = sum;
+  const double lim = double(top_p) * sum * (1 + 1e-6) + 1e-300;
+  double cum = 0;
+  for (int b = 0; b < kBins; ++b) {
+    cum += hist[b];
+    if (cum >= lim) return -float(b + 1) * 0.25f;
+  }
+  return -kInf;
+}
+
+// ---------------------------------------------------------------- per-row driver
+
+struct Ctx {
+  SampleArgs a;
+};
+
+template <class T> const T* row_ptr(const SampleArgs& a, i64 r) { return static_cast<const T*>(a.x) + r * a.stride; }
+
+RowOut row_out(const SampleArgs& a, i64 r) {
+  return RowOut{a.tokens + r * a.tokens_stride, a.logprobs ? a.logprobs + r * a.logprobs_stride : nullptr, a.num_samples};
+}
+
+// Whether a logits row takes the block-sum fast path (given its max and NaN flag).
+bool plain_fast(const SampleArgs& a, i64 r, float m, bool nan) {
+  if (a.dtype == kF64 || nan || !std::isfinite(m)) return false;
+  const float t = a.temperature[r];
+  if (!(t > 0) || !std::isfinite(t)) return false;
+  if (a.top_k && a.top_k[r] > 0 && a.top_k[r] < a.cols) return false;
+  if (a.top_p && !(a.top_p[r] >= 1)) return false;
+  if (a.min_p && !(a.min_p[r] <= 0)) return false;
+  return a.replacement;
+}
+
+// One logits row; bs: its block sums when already computed (fast path), else null.
+template <class T>
+void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs) {
+  using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+  const T* x = row_ptr<T>(a, r);
+  const i64 V = a.cols;
+  const RowOut out = row_out(a, r);
+  if (nan) return out.fill_bad();
+  Acc m;
+  if constexpr (std::is_same<Acc, double>::value) {
+    m = -std::numeric_limits<double>::infinity();
+    for (i64 i = 0; i < V; ++i) m = std::max(m, load_as<double>(x + i));
+  } else {
+    m = mf;
+  }
+  const float t = a.temperature[r];
+  if (t == 0) {  // greedy: lowest index of the maximum
+    if (m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
+    i64 idx = 0;
+    while (idx < V && !(load_as<Acc>(x + idx) == m)) ++idx;
+    for (i64 k = 0; k < out.n; ++k) out.set(k, idx, 0.0);
+    return;
+  }
+  if (t != t || m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
+  Rng rng(a.seed[r], a.row_id[r], a.offset[r]);
+  Filters f;
+  i64 top_k = a.top_k ? a.top_k[r] : 0;
+  if (top_k >= V) top_k = 0;
+  if (a.top_p && !(a.top_p[r] >= 1)) { f.top_p_on = true; f.top_p = a.top_p[r]; }
+  if (a.min_p && !(a.min_p[r] <= 0)) { f.min_p_on = true; f.min_p = a.min_p[r]; }
+  const bool generic = std::is_same<Acc, double>::value || !std::isfinite(m) || !std::isfinite(t) || t < 0;
+  if (generic) return generic_logits_row<Acc>(x, V, m, Acc(t), top_k, f, rng, a.replacement, out);
+  if constexpr (std::is_same<Acc, float>::value) {
+    const LogitW w{m, t};
+    const bool filtered = top_k > 0 || f.top_p_on || f.min_p_on;
+    if (!filtered) {
+      const i64 nb = (V + kB - 1) / kB;
+      thread_local std::vector<double> own;
+      if (!a.replacement) {
+        double log_total = 0;
+        if (a.logprobs) {
+          own.resize(std::size_t(nb));
+          block_sums(x, 0, V, w, own.data());
+          double s = 0;
+          for (double v : own) s += v;
+          log_total = std::log(s);
+        }
+        return race_row(x, V, w, rng, out, log_total);
+      }
+      if (!bs) {
+        own.resize(std::size_t(nb));
+        block_sums(x, 0, V, w, own.data());
+        bs = own.data();
+      }
+      return draw_from_blocks(x, V, w, bs, rng, out, &w);
+    }
+    thread_local std::vector<Cand<float>> c;
+    double mass;
+    if (top_k > 0) {
+      const float xk = kth_largest(x, V, top_k);
+      mass = gather(x, V, w, w.z(xk), false, c);
+    } else if (f.top_p_on) {
+      double total = 0;
+      const float cut = top_p_cut(x, V, w, f.top_p, total);
+      gather(x, V, w, cut == -kInf ? kZCut : cut, cut != -kInf, c);
+      mass = total;
+    } else {  // min-p alone: e >= min_p needs z >= log(min_p) (slack for rounding)
+      const float lo = std::log(f.min_p);
+      const float zlo = lo - 1e-3f * (1.0f + std::fabs(lo));
+      mass = gather(x, V, w, std::max(zlo, kZCut), false, c);
+    }
+    finish(c, mass, f, rng, a.replacement, out);
+  }
+}
+
+template <class T> void probs_row(const SampleArgs& a, i64 r, const double* bs) {
+  const T* x = row_ptr<T>(a, r);
+  const i64 V = a.cols;
+  const RowOut out = row_out(a, r);
+  Rng rng(a.seed[r], a.row_id[r], a.offset[r]);
+  if constexpr (std::is_same<T, double>::value) {
+    return generic_probs_row<double>(x, V, rng, a.replacement, out);
+  } else {
+    const ProbW w;
+    if (!a.replacement) return race_row(x, V, w, rng, out, 0.0);
+    thread_local std::vector<double> own;
+    if (!bs) {
+      own.resize(std::size_t((V + kB - 1) / kB));
+      block_sums(x, 0, V, w, own.data());
+      bs = own.data();
+    }
+    draw_from_blocks(x, V, w, bs, rng, out, static_cast<const LogitW*>(nullptr));
+  }
+}
+
+template <class T> void run(const SampleArgs& a) {
+  const i64 rows = a.rows, V = a.cols;
+  const int nt = std::max(1, a.num_threads);
+  // Split long rows across threads when there are fewer rows than threads (float types, with
+  // replacement: the block-sum path).
+  i64 chunks = 1;
+  if (!std::is_same<T, double>::value && a.replacement && rows < nt && V >= 32768) {
+    chunks = std::min<i64>((2 * nt + rows - 1) / rows, V / 16384);
+  }
+  if (chunks <= 1) {
+    parallel_for(nt, rows, [&](i64 r) {
+      if (a.probs) return probs_row<T>(a, r, nullptr);
+      float m = 0;
+      bool nan = false;
+      if (!std::is_same<T, double>::value) row_max(row_ptr<T>(a, r), V, m, nan);
+      else {
+        for (i64 i = 0; i < V; ++i) if (std::isnan(load_as<double>(row_ptr<T>(a, r) + i))) { nan = true; break; }
+      }
+      logits_row<T>(a, r, m, nan, nullptr);
+    });
+    return;
+  }
+  const i64 nb = (V + kB - 1) / kB;
+  const i64 blocks_per_chunk = (nb + chunks - 1) / chunks;
+  chunks = (nb + blocks_per_chunk - 1) / blocks_per_chunk;
+  const i64 csize = blocks_per_chunk * kB;
+  std::vector<float> cmax(std::size_t(rows * chunks), -kInf);
+  std::vector<char> cnan(std::size_t(rows * chunks), 0);
+  std::vector<double> bs(std::size_t(rows * nb), 0.0);
+  if (!a.probs) {
+    parallel_for(nt, rows * chunks, [&](i64 t) {
+      const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
+      bool nan = false;
+      row_max(row_ptr<T>(a, r) + c0, c1 - c0, cmax[std::size_t(t)], nan);
+      cnan[std::size_t(t)] = nan;
+    });
+  }
+  std::vector<float> m(std::size_t(rows), -kInf);
+  std::vector<char> nan(std::size_t(rows), 0), fast(std::size_t(rows), 0);
+  for (i64 r = 0; r < rows; ++r) {
+    for (i64 c = 0; c < chunks; ++c) {
+      m[std::size_t(r)] = std::max(m[std::size_t(r)], cmax[std::size_t(r * chunks + c)]);
+      nan[std::size_t(r)] |= cnan[std::size_t(r * chunks + c)];
+    }
+    fast[std::size_t(r)] = a.probs ? 1 : plain_fast(a, r, m[std::size_t(r)], nan[std::size_t(r)]);
+  }
+  parallel_for(nt, rows * chunks, [&](i64 t) {
+    const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
+    if (!fast[std::size_t(r)]) return;
+    double* out = bs.data() + r * nb + c0 / kB;
+    if (a.probs) block_sums(row_ptr<T>(a, r), c0, c1, ProbW{}, out);
+    else block_sums(row_ptr<T>(a, r), c0, c1, LogitW{m[std::size_t(r)], a.temperature[r]}, out);
+  });
+  parallel_for(nt, rows, [&](i64 r) {
+    const double* b = fast[std::size_t(r)] ? bs.data() + r * nb : nullptr;
+    if (a.probs) probs_row<T>(a, r, b);
+    else logits_row<T>(a, r, m[std::size_t(r)], nan[std::size_t(r)], b);
+  });
+}
+
+}  // namespace
+
+void sample(const SampleArgs& a) {
+  if (a.rows == 0 || a.num_samples == 0) return;
+  if (a.cols == 0) {
+    for (i64 r = 0; r < a.rows; ++r) row_out(a, r).fill_bad();
+    return;
+  }
+  with_dtype(a.dtype, [&](auto* tag) { run<std::remove_pointer_t<decltype(tag)>>(a); });
+}
+
+#if defined(SSM_SAMPLING_AVX2_TU)
+bool compiled() { return SSM_SVEC != 0; }
+#endif
+
+}  // namespace SSM_SNS
+
+#if !defined(SSM_SAMPLING_AVX2_TU)
+#if !defined(SSM_HAVE_AVX2_TU)
+namespace samp_avx2 {
+bool compiled() { return false; }
+void sample(const SampleArgs& a) { samp_scalar::sample(a); }
+}  // namespace samp_avx2
+#endif
+
+void sample(const SampleArgs& a) {
+  const CpuFeatures f = cpu_features();
+  const bool avx2 = samp_avx2::compiled() && f.avx2 && f.fma && f.f16c && std::string(current_isa()) != "scalar";
+  if (avx2) samp_avx2::sample(a);
+  else samp_scalar::sample(a);
+}
+#endif
+
+}  // namespace ssm

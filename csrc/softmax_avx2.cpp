@@ -1,0 +1,250 @@
+// AVX2 + FMA + F16C row kernels (float32 accumulation). This file alone is compiled with
+// -mavx2 -mfma -mf16c; without those flags it compiles to stubs returning null kernels.
+#include "softmax.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <type_traits>
+
+namespace ssm {
+namespace avx2 {
+namespace {
+
+// ---- 8-lane loads / stores of each storage type (exact widening, RNE narrowing) ----
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256 load8(const BFloat16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store8(Half* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+inline void store8(BFloat16* p, __m256 v) {
+  // bf16 = round-to-nearest-even of the top 16 bits; NaN is forced to a quiet NaN instead.
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+  const __m256i quiet = _mm256_or_si256(b, _mm256_set1_epi32(0x400000));
+  const __m256i isnan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  const __m256i h = _mm256_srli_epi32(_mm256_blendv_epi8(rounded, quiet, isnan), 16);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+}
+
+// Partial vectors (n < 8): go through a small buffer; missing lanes read as 0.
+template <class T> inline __m256 load_tail(const T* p, std::int64_t n) {
+  alignas(32) T buf[8] = {};
+  std::memcpy(buf, p, std::size_t(n) * sizeof(T));
+  return load8(buf);
+}
+template <class T> inline void store_tail(T* p, std::int64_t n, __m256 v) {
+  alignas(32) T buf[8];
+  store8(buf, v);
+  std::memcpy(p, buf, std::size_t(n) * sizeof(T));
+}
+inline __m256 tail_mask(std::int64_t n) {
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+// exp(x) for float32 lanes, ~1-2 ulp over the whole range, subnormal results exact-rounded:
+// x = n*ln2 + r with |r| <= ln2/2 (two-constant Cody-Waite, FMA), e^r by a degree-7 Taylor
+// polynomial (truncation < 1e-8 relative), then e^r * 2^a * 2^b with a + b = n: both factors are
+// normal numbers, so the first product is exact and only the last one rounds (also when the result
+// is subnormal). x <= -104 gives 0 (exp(-104) is below half the smallest subnormal), -inf -> 0,
+// x >= 88.8 gives inf, NaN stays NaN (min/max return their second operand when it is NaN).
+inline __m256 exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_set1_ps(88.8f), x);
+  x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  // ln2 high part (exact n*hi)
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723e-06f), r);    // ln2 low part
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256i a = _mm256_srai_epi32(ni, 1);
+  const __m256i b = _mm256_sub_epi32(ni, a);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(a, bias), 23));
+  const __m256 sb = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(b, bias), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, sa), sb);
+}
+
+inline double hsum(__m256d v) {
+  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+// sum_i f(xs_i...) over n elements. Four independent float32 accumulators over blocks of 512
+// elements (16 additions per lane), block sums added in double: no drift over long rows.
+// When `side` is non-null the terms are also stored there.
+template <class F, class... Ts>
+double reduce8(std::int64_t n, float* side, F f, const Ts*... xs) {
+  __m256d total = _mm256_setzero_pd();
+  std::int64_t i = 0;
+  auto fold = [&](__m256 s) {
+    total = _mm256_add_pd(total, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
+    total = _mm256_add_pd(total, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
+  };
+  while (i + 8 <= n) {
+    const std::int64_t end = std::min(n, i + 512);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (; i + 32 <= end; i += 32) {
+      for (int u = 0; u < 4; ++u) {
+        const __m256 t = f(load8(xs + i + 8 * u)...);
+        if (side) _mm256_storeu_ps(side + i + 8 * u, t);
+        acc[u] = _mm256_add_ps(acc[u], t);
+      }
+    }
+    for (; i + 8 <= end; i += 8) {
+      const __m256 t = f(load8(xs + i)...);
+      if (side) _mm256_storeu_ps(side + i, t);
+      acc[0] = _mm256_add_ps(acc[0], t);
+    }
+    fold(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  }
+  if (i < n) {
+    const __m256 t = _mm256_and_ps(f(load_tail(xs + i, n - i)...), tail_mask(n - i));
+    if (side) store_tail(side + i, n - i, t);
+    fold(t);
+  }
+  return hsum(total);
+}
+
+// out_i = f(xs_i...) for n elements.
+template <class O, class F, class... Ts>
+void map8(std::int64_t n, O* out, F f, const Ts*... xs) {
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(out + i, f(load8(xs + i)...));
+  if (i < n) store_tail(out + i, n - i, f(load_tail(xs + i, n - i)...));
+}
+
+// ---- forward ----
+template <class In> double max_k(const void* xv, std::int64_t n) {
+  const In* x = static_cast<const In*>(xv);
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  __m256 acc[4] = {ninf, ninf, ninf, ninf};
+  std::int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int u = 0; u < 4; ++u) acc[u] = _mm256_max_ps(acc[u], load8(x + i + 8 * u));
+  for (; i + 8 <= n; i += 8) acc[0] = _mm256_max_ps(acc[0], load8(x + i));
+  if (i < n) acc[0] = _mm256_max_ps(acc[0], _mm256_blendv_ps(ninf, load_tail(x + i, n - i), tail_mask(n - i)));
+  __m256 m = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+  return double(_mm_cvtss_f32(h));
+}
+
+template <class In> double sum_exp_k(const void* x, std::int64_t n, double c, float* stage) {
+  const __m256 vc = _mm256_set1_ps(float(c));
+  return reduce8(n, stage, [vc](__m256 v) { return exp256(_mm256_sub_ps(v, vc)); }, static_cast<const In*>(x));
+}
+
+template <class In, class Out> void write_exp_k(const void* x, std::int64_t n, double c, double k, void* out) {
+  const __m256 vc = _mm256_set1_ps(float(c)), vk = _mm256_set1_ps(float(k));
+  map8(n, static_cast<Out*>(out), [=](__m256 v) { return _mm256_mul_ps(exp256(_mm256_sub_ps(v, vc)), vk); },
+       static_cast<const In*>(x));
+}
+
+template <class In, class Out> void write_log_k(const void* x, std::int64_t n, double c, double k, void* out) {
+  const __m256 vc = _mm256_set1_ps(float(c)), vk = _mm256_set1_ps(float(k));
+  map8(n, static_cast<Out*>(out), [=](__m256 v) { return _mm256_sub_ps(_mm256_sub_ps(v, vc), vk); },
+       static_cast<const In*>(x));
+}
+
+template <class Out> void write_scaled_k(const float* stage, std::int64_t n, double k, void* out) {
+  const __m256 vk = _mm256_set1_ps(float(k));
+  map8(n, static_cast<Out*>(out), [=](__m256 v) { return _mm256_mul_ps(v, vk); }, stage);
+}
+
+template <class In, class Out> const ForwardKernels* forward_table() {
+  static const ForwardKernels k = {&max_k<In>, &sum_exp_k<In>, &write_exp_k<In, Out>, &write_log_k<In, Out>,
+                                   &write_scaled_k<Out>};
+  return &k;
+}
+
+// ---- backward ----
+template <class Y, class G, bool Log> double reduce_k(const void* y, const void* g, std::int64_t n) {
+  const Y* yp = static_cast<const Y*>(y);
+  const G* gp = static_cast<const G*>(g);
+  if (Log) return reduce8(n, nullptr, [](__m256 gv) { return gv; }, gp);
+  return reduce8(n, nullptr, [](__m256 yv, __m256 gv) { return _mm256_mul_ps(yv, gv); }, yp, gp);
+}
+
+template <class Y, class G, class O, bool Log>
+void bwd_write_k(const void* y, const void* g, std::int64_t n, double d, void* out) {
+  const __m256 vd = _mm256_set1_ps(float(d));
+  map8(n, static_cast<O*>(out), [vd](__m256 yv, __m256 gv) {
+    return Log ? _mm256_fnmadd_ps(exp256(yv), vd, gv) : _mm256_mul_ps(yv, _mm256_sub_ps(gv, vd));
+  }, static_cast<const Y*>(y), static_cast<const G*>(g));
+}
+
+template <class Y, class G, class O, bool Log> const BackwardKernels* backward_table() {
+  static const BackwardKernels k = {&reduce_k<Y, G, Log>, &bwd_write_k<Y, G, O, Log>};
+  return &k;
+}
+
+// with_dtype restricted to the three float32-accumulated storage types.
+template <class F> void with_narrow_dtype(int code, F&& f) {
+  switch (code) {
+    case kF16: f(static_cast<Half*>(nullptr)); break;
+    case kBF16: f(static_cast<BFloat16*>(nullptr)); break;
+    default: f(static_cast<float*>(nullptr)); break;
+  }
+}
+template <class P> using Pointee = std::remove_pointer_t<P>;
+
+}  // namespace
+
+const ForwardKernels* forward_kernels(int in_dtype, int out_dtype) {
+  if (in_dtype == kF64 || out_dtype == kF64) return nullptr;
+  const ForwardKernels* r = nullptr;
+  with_narrow_dtype(in_dtype, [&](auto* i) {
+    with_narrow_dtype(out_dtype, [&](auto* o) { r = forward_table<Pointee<decltype(i)>, Pointee<decltype(o)>>(); });
+  });
+  return r;
+}
+
+const BackwardKernels* backward_kernels(int y_dtype, int g_dtype, int out_dtype, bool log) {
+  if (y_dtype == kF64 || g_dtype == kF64 || out_dtype == kF64) return nullptr;
+  const BackwardKernels* r = nullptr;
+  with_narrow_dtype(y_dtype, [&](auto* y) {
+    with_narrow_dtype(g_dtype, [&](auto* g) {
+      with_narrow_dtype(out_dtype, [&](auto* o) {
+        using Y = Pointee<decltype(y)>;
+        using G = Pointee<decltype(g)>;
+        using O = Pointee<decltype(o)>;
+        r = log ? backward_table<Y, G, O, true>() : backward_table<Y, G, O, false>();
+      });
+    });
+  });
+  return r;
+}
+
+}  // namespace avx2
+}  // namespace ssm
+
+#else  // built without AVX2/FMA/F16C: no vector kernels
+
+namespace ssm {
+namespace avx2 {
+const ForwardKernels* forward_kernels(int, int) { return nullptr; }
+const BackwardKernels* backward_kernels(int, int, int, bool) { return nullptr; }
+}  // namespace avx2
+}  // namespace ssm
+
+#endif

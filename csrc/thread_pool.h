@@ -1,0 +1,165 @@
+// A small persistent thread pool (no OpenMP: torch already loads its own runtime).
+//
+// Workers are created lazily, once, and reused. parallel_for(nthreads, ntasks, f) runs f(i) for
+// every i in [0, ntasks) on up to nthreads threads, the calling thread included; tasks are claimed
+// from an atomic counter. Workers spin briefly after a job (so back-to-back dispatches are cheap),
+// then sleep on a condition variable. One job runs at a time: a caller that finds the pool busy
+// (another Python thread) runs its tasks inline instead of waiting. After fork() the child sees a
+// different pid and builds a fresh pool; the parent's pool is deliberately leaked (its threads do
+// not exist in the child), as is the live pool at exit, so nothing ever joins threads at teardown.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if defined(_WIN32)
+#include <process.h>
+#else
+#include <unistd.h>
+#endif
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace ssm {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+inline long current_pid() {
+#if defined(_WIN32)
+  return long(_getpid());
+#else
+  return long(getpid());
+#endif
+}
+
+class ThreadPool {
+ public:
+  using TaskFn = void (*)(void* ctx, std::int64_t task);
+  static constexpr int kMaxWorkers = 255;
+
+  // The process's pool (a new one in a forked child).
+  static ThreadPool& get() {
+    static std::atomic<ThreadPool*> current{nullptr};
+    ThreadPool* p = current.load(std::memory_order_acquire);
+    if (p != nullptr && p->pid_ == current_pid()) return *p;
+    ThreadPool* fresh = new ThreadPool();  // an inherited pool `p` is leaked on purpose
+    if (current.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) return *fresh;
+    delete fresh;  // another thread installed one first (it has no threads yet)
+    return *p;
+  }
+
+  void run(int nthreads, std::int64_t ntasks, TaskFn fn, void* ctx) {
+    std::unique_lock<std::mutex> busy(dispatch_mu_, std::try_to_lock);
+    if (!busy.owns_lock()) {  // pool in use by another caller: do the work here
+      for (std::int64_t i = 0; i < ntasks; ++i) fn(ctx, i);
+      return;
+    }
+    int helpers = nthreads - 1;
+    if (std::int64_t(helpers) > ntasks - 1) helpers = int(ntasks - 1);
+    helpers = grow(helpers);
+    fn_ = fn;
+    ctx_ = ctx;
+    ntasks_ = ntasks;
+    next_.store(0, std::memory_order_relaxed);
+    pending_.store(helpers, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lk(wake_mu_);
+      const std::uint64_t gen = (ticket_.load(std::memory_order_relaxed) >> 16) + 1;
+      ticket_.store((gen << 16) | std::uint64_t(helpers), std::memory_order_release);
+    }
+    if (sleepers_.load(std::memory_order_acquire) > 0) wake_cv_.notify_all();
+    work();
+    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+      if (spins < 4096) cpu_relax(); else std::this_thread::yield();
+    }
+  }
+
+ private:
+  ThreadPool() : pid_(current_pid()) {}
+
+  // Makes sure `want` workers exist (fewer if thread creation fails); returns how many do.
+  int grow(int want) {
+    if (want > kMaxWorkers) want = kMaxWorkers;
+    while (int(workers_.size()) < want) {
+      try {
+        // The worker starts from the current ticket, so it cannot miss the job about to be posted.
+        workers_.emplace_back(&ThreadPool::worker_loop, this, int(workers_.size()),
+                              ticket_.load(std::memory_order_relaxed));
+      } catch (...) {
+        break;
+      }
+    }
+    return want < int(workers_.size()) ? want : int(workers_.size());
+  }
+
+  void work() {
+    for (;;) {
+      const std::int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+      if (i >= ntasks_) return;
+      fn_(ctx_, i);
+    }
+  }
+
+  void worker_loop(int index, std::uint64_t seen) {
+    for (;;) {
+      // Spin for up to ~200 us waiting for the next job, then sleep.
+      auto start = std::chrono::steady_clock::now();
+      for (int spins = 1; ticket_.load(std::memory_order_acquire) == seen; ++spins) {
+        cpu_relax();
+        if ((spins & 255) == 0 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) {
+          std::unique_lock<std::mutex> lk(wake_mu_);
+          sleepers_.fetch_add(1, std::memory_order_acq_rel);
+          wake_cv_.wait(lk, [&] { return ticket_.load(std::memory_order_acquire) != seen; });
+          sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+          break;
+        }
+      }
+      // A ticket is (generation << 16 | number of helpers wanted); read once, so it is consistent.
+      seen = ticket_.load(std::memory_order_acquire);
+      if (std::uint64_t(index) >= (seen & 0xffffu)) continue;  // not needed for this job
+      work();
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  const long pid_;
+  std::mutex dispatch_mu_;  // held by the caller for the whole job
+  std::mutex wake_mu_;
+  std::condition_variable wake_cv_;
+  std::atomic<std::uint64_t> ticket_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<int> pending_{0};  // helpers still working on the current job
+  std::atomic<std::int64_t> next_{0};
+  TaskFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  std::int64_t ntasks_ = 0;
+  std::vector<std::thread> workers_;
+};
+
+// Runs f(i) for i in [0, ntasks) on up to nthreads threads (inline when that is 1).
+template <class F>
+void parallel_for(int nthreads, std::int64_t ntasks, F&& f) {
+  if (nthreads <= 1 || ntasks <= 1) {
+    for (std::int64_t i = 0; i < ntasks; ++i) f(i);
+    return;
+  }
+  using Fn = std::remove_reference_t<F>;
+  ThreadPool::get().run(
+      nthreads, ntasks, [](void* ctx, std::int64_t i) { (*static_cast<Fn*>(ctx))(i); },
+      const_cast<void*>(static_cast<const void*>(&f)));
+}
+
+}  // namespace ssm

@@ -1,0 +1,353 @@
+"""multinomial and sample_from_logits: the SPEC's sampling rules, decided once, in front of the dispatch.
+
+This layer checks arguments, turns every per-row parameter into a 1-D tensor, derives the
+random stream (Philox key per row, row id, offset) from ``seed`` / ``offset`` /
+``generator``, and turns the kernels' ``-1`` (a row that cannot be sampled) into a
+:class:`StableSoftmaxError` that names the rows, what is wrong with them and what to do.
+The algorithm itself is documented in :mod:`stablesoftmax.backends.torch_sampling`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+from ._dispatch import sampling_kernels_for
+from ._errors import StableSoftmaxError
+from ._softmax import FLOAT_DTYPES
+
+__all__ = ["multinomial", "sample_from_logits"]
+
+RowParam = Union[float, int, torch.Tensor]
+_SHOWN_ROWS = 5
+_OVERFLOW_HINT = (
+    "Likely cause: float16 overflow upstream (activations past 65504 become inf, then inf - inf = NaN). "
+    "Fix: load the model in bfloat16 or float32 (e.g. torch_dtype=torch.bfloat16)."
+)
+_EMPTY_HINT = (
+    "Likely cause: every entry masked (-inf) by a logits processor or attention mask, or removed by "
+    "top_k / top_p / min_p. Fix: loosen the filter, or check the masks that produced these rows."
+)
+
+
+def _check_tensor(x: torch.Tensor, op: str, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}(): {what} must be a torch.Tensor, not {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise StableSoftmaxError(f"{op}(): {what} must be float16, bfloat16, float32 or float64, not {x.dtype}")
+
+
+def _check_num_samples(num_samples: int, op: str) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise StableSoftmaxError(f"{op}(): num_samples must be a positive int, not {num_samples!r}")
+
+
+def _per_row(value: RowParam, rows: int, batch: torch.Size, device: torch.device, dtype: torch.dtype, name: str):
+    """A scalar or a tensor broadcastable to the batch shape, as a 1-D tensor of ``rows`` entries."""
+    if isinstance(value, torch.Tensor):
+        try:
+            return value.to(device=device, dtype=dtype).expand(batch).reshape(rows)
+        except RuntimeError as exc:
+            raise StableSoftmaxError(
+                f"{name} of shape {tuple(value.shape)} does not match the batch shape {tuple(batch)}"
+            ) from exc
+    return torch.full((rows,), value, dtype=dtype, device=device)
+
+
+def _row_ids(rows: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(rows, dtype=torch.int64, device=device)
+
+
+def _random_stream(
+    seed: RowParam | None,
+    offset: RowParam,
+    generator: torch.Generator | None,
+    rows: int,
+    batch: torch.Size,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Philox key per row, counter row id per row, offset per row (all int64)."""
+    if seed is not None and generator is not None:
+        raise StableSoftmaxError("pass seed or generator, not both")
+    offsets = _per_row(offset, rows, batch, device, torch.int64, "offset")
+    if isinstance(seed, torch.Tensor):  # per-row seeds: each row keyed by its own seed alone
+        if seed.dtype.is_floating_point or seed.dtype.is_complex:
+            raise StableSoftmaxError(f"seed must be an int or an integer tensor, not {seed.dtype}")
+        return _per_row(seed, rows, batch, device, torch.int64, "seed"), torch.zeros_like(offsets), offsets
+    if seed is None:  # draw the call's seed from the generator, so manual_seed reproduces the run
+        gen_device = generator.device if generator is not None else device
+        drawn = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator, device=gen_device)
+        keys = drawn.to(device).expand(rows)
+    else:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise StableSoftmaxError(f"seed must be an int or an int64 tensor, not {type(seed).__name__}")
+        seed = (seed + 2**63) % 2**64 - 2**63  # any int, wrapped to int64 (uint64 seeds welcome)
+        keys = torch.full((rows,), seed, dtype=torch.int64, device=device)
+    return keys, _row_ids(rows, device), offsets
+
+
+def _counts(row: torch.Tensor) -> str:
+    nan = int(torch.isnan(row).sum())
+    pos = int((row == math.inf).sum())
+    neg = int((row == -math.inf).sum())
+    return f"{nan} NaN, {pos} +inf, {neg} -inf of {row.numel()}"
+
+
+def _rows_error(op: str, x: torch.Tensor, bad_rows: list[int], why: str, hint: str) -> StableSoftmaxError:
+    shown = ", ".join(str(r) for r in bad_rows[:_SHOWN_ROWS]) + (", ..." if len(bad_rows) > _SHOWN_ROWS else "")
+    details = "; ".join(f"row {r}: {_counts(x[r])}" for r in bad_rows[:_SHOWN_ROWS])
+    return StableSoftmaxError(f"{op}(): {len(bad_rows)} of {x.shape[0]} rows {why} (rows {shown}). {details}. {hint}")
+
+
+def _raise_for_bad_rows(
+    x: torch.Tensor, tokens: torch.Tensor, num_samples: int, replacement: bool, has_filters: bool
+) -> None:
+    """Turn the kernels' -1 into the SPEC's error (one device sync, only when validating)."""
+    bad = (tokens < 0).any(dim=1)
+    if not bool(bad.any()):
+        return
+    op = "sample_from_logits"
+    bad_rows = bad.nonzero().flatten().tolist()
+    nan_rows = [r for r in bad_rows if bool(torch.isnan(x[r]).any())]
+    if nan_rows:
+        raise _rows_error(op, x, nan_rows, "hold NaN logits", _OVERFLOW_HINT)
+    empty_rows = [r for r in bad_rows if bool((tokens[r] < 0).all())]
+    if empty_rows:
+        masked = all(bool((x[r] == -math.inf).all()) for r in empty_rows)
+        why = "have every logit -inf" if masked else "have nothing left to sample after the filters"
+        raise _rows_error(op, x, empty_rows, why, _EMPTY_HINT)
+    raise _rows_error(
+        op, x, bad_rows,
+        f"have fewer candidates than num_samples={num_samples} without replacement"
+        + (" after the filters" if has_filters else ""),
+        "Fix: sample with replacement=True, ask for fewer samples"
+        + (", or loosen top_k / top_p / min_p." if has_filters else "."),
+    )  # fmt: skip
+
+
+def _check_range(value: RowParam, name: str, low: float, high: float, low_open: bool, validate: bool) -> None:
+    """Check a scalar always, a tensor only when validating (that costs a device sync)."""
+    if isinstance(value, torch.Tensor):
+        if not validate:
+            return
+        v = value.double()
+        ok = bool(((v > low) if low_open else (v >= low)).all() and (v <= high).all())
+        shown = value.flatten()[:_SHOWN_ROWS].tolist()
+    else:
+        ok = (value > low if low_open else value >= low) and value <= high
+        shown = value
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise StableSoftmaxError(f"{name} must lie in {bracket}{low}, {high}], got {shown}")
+
+
+def sample_from_logits(
+    logits: torch.Tensor,
+    num_samples: int = 1,
+    *,
+    temperature: RowParam = 1.0,
+    top_k: RowParam | None = None,
+    top_p: RowParam | None = None,
+    min_p: RowParam | None = None,
+    replacement: bool = True,
+    generator: torch.Generator | None = None,
+    seed: RowParam | None = None,
+    offset: RowParam = 0,
+    return_logprobs: bool = False,
+    validate: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Sample token ids from logits without materialising probabilities.
+
+    Per row, in this order: ``(x - max) / temperature`` in float32, ``top_k``, ``top_p``,
+    ``min_p``, then ``num_samples`` draws. ``-inf`` logits are never chosen; ``+inf`` logits
+    share the row uniformly.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(..., V)`` float16 / bfloat16 / float32 / float64 logits, any device.
+    num_samples : int, default 1
+        Draws per row.
+    temperature : float or torch.Tensor, default 1.0
+        Scalar or per-row; ``0`` means greedy (argmax, lowest index on ties). Negative or NaN is an error.
+    top_k : int or torch.Tensor, optional
+        Keep entries ``>=`` the k-th largest; ``0`` or ``>= V`` is off.
+    top_p : float or torch.Tensor, optional
+        In (0, 1]: keep entries whose strictly-more-probable mass is ``< top_p``; 1 is off.
+    min_p : float or torch.Tensor, optional
+        In [0, 1]: keep entries with ``p >= min_p * p_max``; 0 is off.
+    replacement : bool, default True
+        Without replacement, the draws follow drawing one at a time and removing it.
+    generator : torch.Generator, optional
+        Source of the call's seed (any device); default: the device's default generator.
+    seed : int or torch.Tensor, optional
+        An int keys one stream for the call (rows draw distinct sub-streams by index); an
+        int64 tensor of one seed per row keys each row by its own seed (batch invariant).
+    offset : int or torch.Tensor, default 0
+        Counter offset, e.g. the decoding step; an int or one per row.
+    return_logprobs : bool, default False
+        Also return the float32 log-probability of each token under the distribution sampled from.
+    validate : bool, default True
+        Check rows on the host and raise for NaN rows or rows with nothing left. With False,
+        nothing synchronises with the device and such rows return ``-1`` (log-probability NaN).
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        int64 token ids ``(..., num_samples)``, and their log-probabilities when asked.
+
+    Raises
+    ------
+    StableSoftmaxError
+        For bad parameters, and (with ``validate``) rows holding NaN or with nothing to
+        sample, naming the rows, the counts of NaN / +inf / -inf, the likely cause and the fix.
+    """
+    op = "sample_from_logits"
+    _check_tensor(logits, op, "logits")
+    _check_num_samples(num_samples, op)
+    if logits.ndim == 0 or logits.shape[-1] == 0:
+        raise StableSoftmaxError(f"{op}(): logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
+    vocab = logits.shape[-1]
+    if not replacement and num_samples > vocab:
+        raise StableSoftmaxError(
+            f"{op}(): cannot draw {num_samples} samples without replacement from {vocab} categories"
+        )
+    batch = logits.shape[:-1]
+    rows = math.prod(batch)
+    device = logits.device
+    if rows == 0:
+        empty = torch.empty((*batch, num_samples), dtype=torch.int64, device=device)
+        return (empty, empty.float()) if return_logprobs else empty
+    x = logits.reshape(rows, vocab)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+
+    _check_range(temperature, "temperature", 0.0, math.inf, False, validate)
+    temp = _per_row(temperature, rows, batch, device, torch.float32, "temperature")
+    if isinstance(temperature, torch.Tensor):  # unchecked bad values: a -1 row, not a wrong answer
+        temp = torch.where(temp >= 0, temp, math.nan)
+    k_tensor = p_tensor = minp_tensor = None
+    k_max = None  # a bound on top_k known on the host: topk instead of a full sort
+    if isinstance(top_k, torch.Tensor):
+        _check_range(top_k, "top_k", 0, math.inf, False, validate)
+        k_tensor = _per_row(top_k, rows, batch, device, torch.int64, "top_k")
+        k_tensor = torch.where((k_tensor > 0) & (k_tensor < vocab), k_tensor, 0)
+    elif top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise StableSoftmaxError(f"top_k must be a non-negative int or an int tensor, got {top_k!r}")
+        if 0 < top_k < vocab:
+            k_tensor, k_max = torch.full((rows,), top_k, dtype=torch.int64, device=device), top_k
+    if top_p is not None:
+        _check_range(top_p, "top_p", 0.0, 1.0, True, validate)
+        if isinstance(top_p, torch.Tensor) or top_p < 1:
+            p_tensor = _per_row(top_p, rows, batch, device, torch.float32, "top_p")
+    if min_p is not None:
+        _check_range(min_p, "min_p", 0.0, 1.0, False, validate)
+        if isinstance(min_p, torch.Tensor) or min_p > 0:
+            minp_tensor = _per_row(min_p, rows, batch, device, torch.float32, "min_p")
+    keys, row_ids, offsets = _random_stream(seed, offset, generator, rows, batch, device)
+
+    tokens = torch.empty((rows, num_samples), dtype=torch.int64, device=device)
+    logprobs = torch.empty((rows, num_samples), dtype=torch.float32, device=device) if return_logprobs else None
+    sampling_kernels_for(x).sample_rows(
+        x, temp, k_tensor, p_tensor, minp_tensor, keys, row_ids, offsets, num_samples, replacement,
+        tokens, logprobs, top_k_max=k_max,
+    )  # fmt: skip
+    if validate:
+        has_filters = any(t is not None for t in (k_tensor, p_tensor, minp_tensor))
+        _raise_for_bad_rows(x, tokens, num_samples, replacement, has_filters)
+    tokens = tokens.view(*batch, num_samples)
+    if logprobs is not None:
+        return tokens, logprobs.view(*batch, num_samples)
+    return tokens
+
+
+def _first_bad_entries(p: torch.Tensor, bad: torch.Tensor) -> str:
+    where = bad.nonzero()[:_SHOWN_ROWS].tolist()
+    return ", ".join(f"[{r}, {c}] = {p[r, c].item()}" for r, c in where)
+
+
+def multinomial(
+    input: torch.Tensor,
+    num_samples: int,
+    replacement: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw category indices from rows of probabilities, a drop-in for :func:`torch.multinomial`.
+
+    Rows need not sum to 1; they are accumulated in float32 (float64 for float64) whatever
+    the input dtype, zero-probability entries are never returned, and there is no limit on
+    the number of categories.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        ``(V,)`` or ``(rows, V)`` non-negative, finite weights, any float dtype and device.
+    num_samples : int
+        Draws per row.
+    replacement : bool, default False
+        Without replacement, each row needs at least ``num_samples`` non-zero entries.
+    generator : torch.Generator, optional
+        Source of randomness (any device); default: the device's default generator.
+
+    Returns
+    -------
+    torch.Tensor
+        int64 indices, ``(num_samples,)`` or ``(rows, num_samples)``.
+
+    Raises
+    ------
+    StableSoftmaxError
+        Naming row and column of a NaN, infinite or negative entry (with the likely cause
+        and the fix), a row that sums to zero, or too many samples without replacement.
+    """
+    op = "multinomial"
+    _check_tensor(input, op, "input")
+    _check_num_samples(num_samples, op)
+    if input.ndim not in (1, 2) or input.shape[-1] == 0:
+        raise StableSoftmaxError(
+            f"{op}(): input must be 1-D or 2-D with at least one category, got {tuple(input.shape)}"
+        )
+    p = input if input.ndim == 2 else input.unsqueeze(0)
+    rows = p.shape[0]
+    if not replacement and num_samples > p.shape[1]:
+        raise StableSoftmaxError(
+            f"{op}(): cannot draw {num_samples} samples without replacement from {p.shape[1]} categories"
+        )
+    if p.stride(1) != 1:
+        p = p.contiguous()
+    bad = ~torch.isfinite(p) | (p < 0)
+    if bool(bad.any()):
+        kinds = []
+        if bool(torch.isnan(p).any()):
+            kinds.append("NaN")
+        if bool(torch.isinf(p).any()):
+            kinds.append("inf")
+        if bool((p < 0).any()):
+            kinds.append("negative")
+        hint = f" {_OVERFLOW_HINT}" if bool((~torch.isfinite(p)).any()) else " Probabilities must be >= 0."
+        raise StableSoftmaxError(
+            f"{op}(): probability tensor contains {' and '.join(kinds)} entries: "
+            f"first at {_first_bad_entries(p, bad)}.{hint}"
+        )
+    nonzero = (p > 0).sum(dim=1)
+    if bool((nonzero == 0).any()):
+        zero_rows = (nonzero == 0).nonzero().flatten().tolist()
+        raise StableSoftmaxError(
+            f"{op}(): {len(zero_rows)} rows sum to zero, nothing to draw (rows "
+            f"{', '.join(str(r) for r in zero_rows[:_SHOWN_ROWS])}). {_EMPTY_HINT}"
+        )
+    if not replacement and bool((nonzero < num_samples).any()):
+        short_rows = (nonzero < num_samples).nonzero().flatten().tolist()
+        raise StableSoftmaxError(
+            f"{op}(): rows {', '.join(str(r) for r in short_rows[:_SHOWN_ROWS])} have fewer non-zero entries "
+            f"(row {short_rows[0]}: {int(nonzero[short_rows[0]])}) than num_samples={num_samples} without "
+            "replacement (torch would return zero-probability entries). Fix: replacement=True or fewer samples."
+        )
+    keys, row_ids, offsets = _random_stream(None, 0, generator, rows, torch.Size([rows]), p.device)
+    tokens = torch.empty((rows, num_samples), dtype=torch.int64, device=p.device)
+    sampling_kernels_for(p).sample_probs(p, keys, row_ids, offsets, num_samples, replacement, tokens)
+    return tokens if input.ndim == 2 else tokens.view(num_samples)

@@ -1,0 +1,168 @@
+"""softmax and log_softmax: the SPEC's rules, decided once, in front of the backend dispatch.
+
+This layer validates arguments, decides dtypes (output: the input's or ``dtype``;
+accumulation: float32, float64 when either side is float64), brings the reduced dimension
+last with unit stride, and hands 2-D ``(rows, cols)`` views to the backend chosen by
+:mod:`stablesoftmax._dispatch`. The kernels implement one definition of the op, the shift
+rule documented in :mod:`stablesoftmax.backends.torch_softmax`, which yields the SPEC's
+non-finite table: ``-inf`` masks stay masked, ``+inf`` entries share the mass, NaN rows
+stay NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._dispatch import kernels_for
+from ._errors import StableSoftmaxError
+
+__all__ = ["log_softmax", "softmax"]
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _output_dtype(input: torch.Tensor, dtype: torch.dtype | None, op: str) -> torch.dtype:
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}(): input must be a torch.Tensor, not {type(input).__name__}")
+    out_dtype = input.dtype if dtype is None else dtype
+    if out_dtype not in FLOAT_DTYPES:
+        raise StableSoftmaxError(
+            f"{op}(): output dtype {out_dtype} is not supported; use float16, bfloat16, float32 or float64"
+            + ("" if dtype is not None else " (or pass dtype=torch.float32)")
+        )
+    return out_dtype
+
+
+def _normalize_dim(dim: int | None, ndim: int, op: str) -> int:
+    if dim is None:
+        raise StableSoftmaxError(f"{op}(): dim must be given (an int); implicit dim choice is deprecated in torch")
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise IndexError(f"{op}(): dim {dim} is out of range for a tensor of {ndim} dimensions")
+    return dim % rank
+
+
+def _as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """A 2-D ``(rows, cols)`` view (or copy) of ``x`` with dimension ``dim`` last and unit stride."""
+    if x.ndim == 0:
+        return x.reshape(1, 1)
+    moved = x.movedim(dim, -1)
+    rows2d = moved.reshape(-1, moved.shape[-1])
+    return rows2d if rows2d.stride(1) == 1 or rows2d.shape[1] <= 1 else rows2d.contiguous()
+
+
+def _forward(input: torch.Tensor, dim: int, out_dtype: torch.dtype, log: bool) -> torch.Tensor:
+    if input.dtype not in FLOAT_DTYPES:  # integer / bool input with an explicit float dtype, as torch
+        input = input.to(out_dtype)
+    if input.numel() == 0:
+        return torch.empty_like(input, dtype=out_dtype)
+    x = _as_rows(input, dim)
+    kernels = kernels_for(input)
+    if dim == input.ndim - 1 or input.ndim == 0:
+        out = torch.empty(input.shape, dtype=out_dtype, device=input.device)
+        kernels.softmax_forward(x, out.view(x.shape), log)
+        return out
+    rows = torch.empty(x.shape, dtype=out_dtype, device=input.device)
+    kernels.softmax_forward(x, rows, log)
+    out = torch.empty_like(input, dtype=out_dtype)
+    out.movedim(dim, -1).copy_(rows.view(input.movedim(dim, -1).shape))
+    return out
+
+
+def _backward(y: torch.Tensor, grad: torch.Tensor, dim: int, grad_dtype: torch.dtype, log: bool) -> torch.Tensor:
+    y2, g2 = _as_rows(y, dim), _as_rows(grad, dim)
+    rows = torch.empty(y2.shape, dtype=grad_dtype, device=y.device)
+    kernels_for(y).softmax_backward(y2, g2, rows, log)
+    if y.ndim == 0:
+        return rows.view(())
+    return rows.view(y.movedim(dim, -1).shape).movedim(-1, dim).contiguous()
+
+
+class _SoftmaxFunction(torch.autograd.Function):
+    """Autograd for both ops: backward in float32 (float64), gradient in the input's dtype."""
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, dim: int, out_dtype: torch.dtype, log: bool) -> torch.Tensor:
+        out = _forward(input, dim, out_dtype, log)
+        ctx.save_for_backward(out)
+        ctx.dim, ctx.log, ctx.input_dtype = dim, log, input.dtype
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (out,) = ctx.saved_tensors
+        if out.numel() == 0:
+            return torch.zeros(out.shape, dtype=ctx.input_dtype, device=out.device), None, None, None
+        return _backward(out, grad, ctx.dim, ctx.input_dtype, ctx.log), None, None, None
+
+
+def _apply(input: torch.Tensor, dim: int | None, dtype: torch.dtype | None, log: bool) -> torch.Tensor:
+    op = "log_softmax" if log else "softmax"
+    out_dtype = _output_dtype(input, dtype, op)
+    if input.dtype not in FLOAT_DTYPES and dtype is None:
+        raise StableSoftmaxError(
+            f"{op}(): input dtype {input.dtype} is not supported; pass dtype=torch.float32 to convert it"
+        )
+    if input.is_complex():
+        raise StableSoftmaxError(f"{op}(): complex input ({input.dtype}) is not supported")
+    d = _normalize_dim(dim, input.ndim, op)
+    if input.requires_grad and torch.is_grad_enabled():
+        return _SoftmaxFunction.apply(input, d, out_dtype, log)
+    return _forward(input, d, out_dtype, log)
+
+
+def softmax(input: torch.Tensor, dim: int | None = -1, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Numerically stable softmax along ``dim``, a drop-in for :func:`torch.softmax`.
+
+    Computes in float32 (float64 for float64 input or output) after subtracting the row
+    maximum. Non-finite rows get the limits of softmax instead of NaN: ``-inf`` entries give
+    0, a row of only ``-inf`` gives all zeros, ``k`` entries of ``+inf`` give ``1/k`` each;
+    a row holding NaN stays NaN.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        Floating-point tensor of any rank, shape, strides and device (float16, bfloat16,
+        float32, float64; other dtypes need ``dtype``).
+    dim : int, default -1
+        The dimension along which the result sums to 1.
+    dtype : torch.dtype, optional
+        Output dtype; by default the input's. The input is read at full precision.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape as ``input``, dtype ``dtype`` or the input's, on the input's device.
+
+    Raises
+    ------
+    StableSoftmaxError
+        For an unsupported dtype, or an explicitly chosen backend that cannot run here.
+    """
+    return _apply(input, dim, dtype, log=False)
+
+
+def log_softmax(input: torch.Tensor, dim: int | None = -1, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Numerically stable log-softmax along ``dim``, a drop-in for :func:`torch.log_softmax`.
+
+    Same rules as :func:`softmax`: ``-inf`` entries stay ``-inf``, a fully masked row is all
+    ``-inf``, ``k`` entries of ``+inf`` give ``-log k`` each (``-inf`` elsewhere), NaN rows stay NaN.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        Floating-point tensor of any rank, shape, strides and device.
+    dim : int, default -1
+        The dimension to normalise over.
+    dtype : torch.dtype, optional
+        Output dtype; by default the input's.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape as ``input``.
+    """
+    return _apply(input, dim, dtype, log=True)

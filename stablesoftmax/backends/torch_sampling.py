@@ -1,0 +1,235 @@
+"""Pure-torch sampling kernels: the reference implementation of the package's one sampling algorithm.
+
+The C++ and Triton kernels implement the same steps with the same random numbers, so the
+three backends return the same tokens except where two candidates tie within rounding.
+
+Random numbers: Philox4x32-10 (Salmon et al., SC'11; the generator behind ``tl.rand``),
+keyed by the row's 64-bit seed, with counter ``(c0, row_id, offset_lo, offset_hi)``.
+``row_id`` is the row's index for an int seed and 0 for per-row seeds (batch invariance).
+
+Per row, on ``z_i = s_i / T`` (``s`` from the softmax shift rule, so ``+inf`` entries
+share the row and ``-inf`` entries are never chosen), ``e_i = exp(z_i)``:
+
+1. top-k keeps ``z_i >= `` the k-th largest ``z``; 2. top-p keeps ``i`` iff the mass of
+   kept entries with ``z_j > z_i`` is ``< top_p`` times the kept mass; 3. min-p keeps
+   ``e_i >= min_p`` (``e_max = 1``); weights ``w_i = e_i`` where kept, else 0.
+4. With replacement, sample ``k`` is the smallest ``i`` whose inclusive prefix sum of
+   ``w`` (accumulated in float64) exceeds ``u_k * S``, ``u_k = word0(c0=k) * 2**-32``.
+   Without replacement (exponential race), the samples are the ``n`` kept entries with
+   the largest key ``z_i - log E_i`` (``log p_i - log E_i`` for probabilities), in
+   decreasing order of the key, where ``E_i = -log(u_i)``,
+   ``u_i = ((w >> 8) + 0.5) * 2**-24`` (float32), ``w`` = word ``i % 4`` of counter ``c0 = i // 4``.
+5. ``T == 0`` rows are greedy: the lowest index of the maximum.
+A row with NaN, or with fewer than ``n`` candidates without replacement (or none at all),
+gets ``-1`` in the places it cannot fill; its log-probability there is NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .torch_softmax import _row_max, _shifted, chunks
+
+__all__ = ["philox", "sample_probs", "sample_rows", "uniform_per_sample"]
+
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85
+_MASK32 = 0xFFFFFFFF
+
+
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of ``a * b`` for a 32-bit constant and int64 tensors holding uint32."""
+    x = b * (a & 0xFFFF)  # < 2**48: exact in int64
+    y = b * (a >> 16)
+    lo = (((y & 0xFFFF) << 16) + x) & _MASK32
+    hi = (y + (x >> 16)) >> 16
+    return hi, lo
+
+
+def philox(
+    seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Philox4x32-10 on int64 tensors (broadcast together) holding uint32 counters.
+
+    ``seed`` is an int64 tensor: its low and high 32 bits are the two key words.
+    Returns the four output words as int64 tensors in ``[0, 2**32)``.
+    """
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(_M0, c0)
+        hi1, lo1 = _mulhilo(_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _counters(row_id: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return row_id & _MASK32, offset & _MASK32, (offset >> 32) & _MASK32
+
+
+def uniform_per_sample(seed: torch.Tensor, row_id: torch.Tensor, offset: torch.Tensor, n: int) -> torch.Tensor:
+    """``(rows, n)`` float64 uniforms in [0, 1) for inverse-CDF sampling: word 0 of counter ``c0 = k``."""
+    c1, c2, c3 = (t[:, None] for t in _counters(row_id, offset))
+    c0 = torch.arange(n, device=seed.device, dtype=torch.int64)[None, :]
+    word0 = philox(seed[:, None], c0, c1, c2, c3)[0]
+    return word0.to(torch.float64) * 2.0**-32
+
+
+def _exponentials(seed: torch.Tensor, row_id: torch.Tensor, offset: torch.Tensor, cols: int) -> torch.Tensor:
+    """``(rows, cols)`` float32 Exp(1) draws for the race: one Philox call per four columns."""
+    c1, c2, c3 = (t[:, None] for t in _counters(row_id, offset))
+    c0 = torch.arange((cols + 3) // 4, device=seed.device, dtype=torch.int64)[None, :]
+    words = torch.stack(philox(seed[:, None], c0, c1, c2, c3), dim=-1).flatten(1)[:, :cols]
+    u = ((words >> 8).to(torch.float32) + 0.5) * 2.0**-24  # (0, 1), exact in float32
+    return -torch.log(u)
+
+
+def _draw(
+    w: torch.Tensor,
+    log_w: torch.Tensor,
+    ok: torch.Tensor,
+    seed: torch.Tensor,
+    row_id: torch.Tensor,
+    offset: torch.Tensor,
+    num_samples: int,
+    replacement: bool,
+) -> torch.Tensor:
+    """Indices drawn from weights ``w >= 0`` (rows, V), ``log_w`` their logs; ``-1`` where a row cannot give one."""
+    rows, cols = w.shape
+    positive = w > 0
+    if replacement:
+        cdf = torch.cumsum(w.to(torch.float64), dim=1)
+        target = uniform_per_sample(seed, row_id, offset, num_samples) * cdf[:, -1:]
+        idx = torch.searchsorted(cdf, target, right=True)
+        # rounding can put the target at the very top: take the last entry with weight
+        last = torch.where(positive, torch.arange(cols, device=w.device), -1).amax(dim=1, keepdim=True)
+        idx = torch.minimum(idx, last)
+        available = positive.any(dim=1, keepdim=True).expand(rows, num_samples)
+    else:
+        key = torch.where(positive, log_w - torch.log(_exponentials(seed, row_id, offset, cols)), -float("inf"))
+        n = min(num_samples, cols)
+        idx = torch.topk(key, n, dim=1).indices
+        if n < num_samples:
+            idx = torch.cat([idx, idx.new_full((rows, num_samples - n), -1)], dim=1)
+        counts = positive.sum(dim=1, keepdim=True)
+        available = torch.arange(num_samples, device=w.device)[None, :] < counts
+    return torch.where(available & ok[:, None], idx, -1)
+
+
+def sample_probs(
+    probs: torch.Tensor,
+    seed: torch.Tensor,
+    row_id: torch.Tensor,
+    offset: torch.Tensor,
+    num_samples: int,
+    replacement: bool,
+    tokens: torch.Tensor,
+) -> None:
+    """Draw from rows of non-negative, finite weights (validated by the caller) into ``tokens``."""
+    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    for r in _row_chunks(probs):
+        w = probs[r].to(acc)
+        ok = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+        tokens[r] = _draw(w, torch.log(w), ok, seed[r], row_id[r], offset[r], num_samples, replacement)
+
+
+def _row_chunks(x: torch.Tensor) -> list[slice]:
+    """Row slices whose temporaries (about twice the softmax's, for the float64 prefix) fit the budget."""
+    rows, cols = x.shape
+    step = max(chunks(rows, 2 * cols, 8, x.device)[0] // 2, 1)
+    return [slice(r0, r0 + step) for r0 in range(0, rows, step)]
+
+
+def _top_p_floor(z: torch.Tensor, w: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Per row, the smallest ``z`` that top-p keeps: mass strictly above it ``< top_p`` times the total."""
+    z_sorted, order = torch.sort(torch.where(w > 0, z, -float("inf")), dim=1, descending=True)
+    w_sorted = w.gather(1, order).to(torch.float64)
+    above = torch.cumsum(w_sorted, dim=1) - w_sorted  # mass before each position
+    cols = z.shape[1]
+    position = torch.arange(cols, device=z.device).expand_as(z_sorted)
+    starts = torch.ones_like(z_sorted, dtype=torch.bool)
+    starts[:, 1:] = z_sorted[:, 1:] != z_sorted[:, :-1]
+    group_start = torch.where(starts, position, 0).cummax(dim=1).values
+    strictly_above = above.gather(1, group_start)  # ties share the mass strictly above their value
+    keep_sorted = strictly_above < top_p[:, None].to(torch.float64) * w_sorted.sum(dim=1, keepdim=True)
+    return torch.where(keep_sorted, z_sorted, float("inf")).amin(dim=1, keepdim=True)
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor | None,
+    top_p: torch.Tensor | None,
+    min_p: torch.Tensor | None,
+    seed: torch.Tensor,
+    row_id: torch.Tensor,
+    offset: torch.Tensor,
+    num_samples: int,
+    replacement: bool,
+    tokens: torch.Tensor,
+    logprobs: torch.Tensor | None,
+    top_k_max: int | None = None,
+) -> None:
+    """Sample ``tokens`` (rows, n) int64 from logits (rows, V); per-row parameters as 1-D tensors.
+
+    A filter given as ``None`` is off for every row; within a tensor, ``top_k`` 0, ``top_p`` 1
+    and ``min_p`` 0 mean off (the caller normalises). ``top_k_max``, when the caller knows it,
+    bounds ``top_k`` and replaces a full sort by ``torch.topk``. ``logprobs`` (float32,
+    optional) receives each token's log-probability under the filtered distribution.
+    Nothing here synchronises with the device.
+    """
+    for r in _row_chunks(logits):
+        _sample_chunk(
+            logits[r], temperature[r], None if top_k is None else top_k[r], None if top_p is None else top_p[r],
+            None if min_p is None else min_p[r], seed[r], row_id[r], offset[r], num_samples, replacement,
+            tokens[r], None if logprobs is None else logprobs[r], top_k_max,
+        )  # fmt: skip
+
+
+def _sample_chunk(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor | None,
+    top_p: torch.Tensor | None,
+    min_p: torch.Tensor | None,
+    seed: torch.Tensor,
+    row_id: torch.Tensor,
+    offset: torch.Tensor,
+    num_samples: int,
+    replacement: bool,
+    tokens: torch.Tensor,
+    logprobs: torch.Tensor | None,
+    top_k_max: int | None,
+) -> None:
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    rows, cols = logits.shape
+    m = _row_max(logits, cols, acc)
+    s = _shifted(logits, m, acc)
+    greedy = temperature == 0
+    z = s / torch.where(greedy, 1.0, temperature.to(acc))[:, None]
+    e = torch.exp(z)
+    keep = e > 0
+    if top_k is not None:
+        if top_k_max is not None:
+            ranked = torch.topk(z, min(top_k_max, cols), dim=1).values
+        else:
+            ranked = torch.sort(z, dim=1, descending=True).values
+        kth = ranked.gather(1, (top_k.clamp(1, ranked.shape[1]) - 1)[:, None])
+        keep &= (top_k == 0)[:, None] | (z >= kth)
+    if top_p is not None:
+        floor = _top_p_floor(z, torch.where(keep, e, 0), top_p)
+        keep &= (top_p >= 1)[:, None] | (z >= floor)
+    if min_p is not None:
+        keep &= e >= min_p[:, None].to(acc)
+    w = torch.where(keep, e, 0)
+    has_nan = torch.isnan(m[:, 0])
+    drawn = _draw(w, z, ~has_nan, seed, row_id, offset, num_samples, replacement)
+    argmax = logits.argmax(dim=1, keepdim=True).expand(rows, num_samples)
+    greedy_ok = (greedy & ~has_nan & (m[:, 0] > -float("inf")))[:, None]
+    chosen = torch.where(greedy[:, None], torch.where(greedy_ok, argmax, -1), drawn)
+    tokens.copy_(chosen)
+    if logprobs is not None:
+        total = w.to(torch.float64).sum(dim=1, keepdim=True)
+        picked = z.gather(1, chosen.clamp_min(0)).to(torch.float64) - torch.log(total)
+        picked = torch.where(greedy[:, None], 0.0, picked)
+        logprobs.copy_(torch.where(chosen >= 0, picked, float("nan")))

@@ -1,0 +1,124 @@
+"""Pure-torch kernels: float32 (float64) math in row and column chunks that bound extra memory.
+
+This is what Intel XPU, Apple MPS, CUDA without Triton and CPU without the extension run.
+Every chunk applies the same shift rule as the Triton and C++ kernels:
+
+* ``m`` = row maximum (NaN-propagating);
+* ``s_i = x_i - m`` where ``m`` is finite, ``x_i - 0`` where ``m = -inf``, and
+  ``0 if x_i == +inf else -inf`` where ``m = +inf``;
+* ``e_i = exp(s_i)``, ``S = sum e_i`` (``1`` where it is ``0``, a fully masked row);
+* softmax ``e_i / S``; log_softmax ``s_i - log S``.
+
+``log S`` is formed as ``log k + log1p(T / k)``, where ``k`` counts the terms with
+``e_i == 1`` (the maxima) and ``T`` sums the others: ``log`` of a float32 ``S`` near 1 would
+lose the low bits of ``T``, and with them the relative accuracy of log_softmax near 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["CHUNK_BYTES", "CPU_CHUNK_BYTES", "chunks", "softmax_backward", "softmax_forward"]
+
+#: Extra memory one call may allocate for float32 temporaries on an accelerator (bytes);
+#: override with ``STABLESOFTMAX_TORCH_CHUNK_BYTES``.
+CHUNK_BYTES = int(os.environ.get("STABLESOFTMAX_TORCH_CHUNK_BYTES", 256 << 20))
+#: On the CPU, chunks stay cache-sized: temporaries are reused by the allocator instead of
+#: being fresh pages (a page fault per 4 KiB costs more than the arithmetic).
+CPU_CHUNK_BYTES = min(CHUNK_BYTES, 8 << 20)
+# Live temporaries per element of a chunk, in units of the accumulation dtype.
+_TEMPORARIES = 5
+
+
+def chunk_bytes(device: torch.device) -> int:
+    """The temporary-memory budget for one chunk on ``device``."""
+    return CPU_CHUNK_BYTES if device.type == "cpu" else CHUNK_BYTES
+
+
+def _accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def chunks(rows: int, cols: int, itemsize: int, device: torch.device) -> tuple[int, int]:
+    """Rows and columns per chunk so that the temporaries stay within the device's budget."""
+    elements = max(chunk_bytes(device) // (itemsize * _TEMPORARIES), 1)
+    if cols <= elements:
+        return max(min(rows, elements // cols), 1), cols
+    return 1, elements
+
+
+def _row_max(x: torch.Tensor, col_chunk: int, acc: torch.dtype) -> torch.Tensor:
+    m = None
+    for c0 in range(0, x.shape[1], col_chunk):
+        part = x[:, c0 : c0 + col_chunk].amax(dim=1, keepdim=True).to(acc)
+        m = part if m is None else torch.maximum(m, part)  # maximum propagates NaN
+    assert m is not None
+    return m
+
+
+def _shifted(x: torch.Tensor, m: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``s = x - m`` under the shift rule of the module docstring, in dtype ``acc``."""
+    xf = x.to(acc)
+    shifted = xf - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    inf_mask = torch.where(xf == float("inf"), 0.0, -float("inf")).to(acc)
+    return torch.where(m == float("inf"), inf_mask, shifted)
+
+
+def _ones_and_rest(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: how many ``e_i`` are exactly 1, and the sum of the others (NaN lands there)."""
+    is_one = e == 1
+    return is_one.to(e.dtype).sum(dim=1, keepdim=True), e.masked_fill(is_one, 0).sum(dim=1, keepdim=True)
+
+
+def _total(ones: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``S`` (1 for a fully masked row) and ``log S = log k + log1p(T / k)`` (0 there)."""
+    total = ones + rest  # NaN for a NaN row
+    masked = total == 0  # a row of only -inf
+    k = torch.where(ones == 0, 1.0, ones)
+    return torch.where(masked, 1.0, total), torch.where(masked, 0.0, k.log() + torch.log1p(rest / k))
+
+
+def _finish(s: torch.Tensor, total: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor, log: bool) -> None:
+    if log:
+        out.copy_(s.sub_(total[1]))
+    else:
+        out.copy_(s.exp_().div_(total[0]))
+
+
+def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
+    """Softmax (or log_softmax) of each row of 2-D ``x`` into ``out``, chunked."""
+    acc = _accumulation_dtype(x, out)
+    rows, cols = x.shape
+    row_chunk, col_chunk = chunks(rows, cols, acc.itemsize, x.device)
+    for r0 in range(0, rows, row_chunk):
+        xr, outr = x[r0 : r0 + row_chunk], out[r0 : r0 + row_chunk]
+        m = _row_max(xr, col_chunk, acc)
+        if col_chunk == cols:  # the whole row fits: one pass over exp
+            s = _shifted(xr, m, acc)
+            _finish(s, _total(*_ones_and_rest(s.exp())), outr, log)
+            continue
+        ones, rest = torch.zeros_like(m), torch.zeros_like(m)
+        for c0 in range(0, cols, col_chunk):
+            chunk_ones, chunk_rest = _ones_and_rest(_shifted(xr[:, c0 : c0 + col_chunk], m, acc).exp_())
+            ones += chunk_ones
+            rest += chunk_rest
+        total = _total(ones, rest)
+        for c0 in range(0, cols, col_chunk):
+            _finish(_shifted(xr[:, c0 : c0 + col_chunk], m, acc), total, outr[:, c0 : c0 + col_chunk], log)
+
+
+def softmax_backward(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, log: bool) -> None:
+    """Gradient wrt the input from the forward output ``y`` and upstream ``grad``, chunked by rows.
+
+    softmax: ``y * (g - sum(g * y))``; log_softmax: ``g - exp(y) * sum(g)``.
+    """
+    acc = _accumulation_dtype(y, grad, out)
+    rows, cols = y.shape
+    row_chunk = chunks(rows, cols, acc.itemsize, y.device)[0]
+    for r0 in range(0, rows, row_chunk):
+        yf = y[r0 : r0 + row_chunk].to(acc)
+        gf = grad[r0 : r0 + row_chunk].to(acc)
+        result = gf - yf.exp() * gf.sum(dim=1, keepdim=True) if log else yf * (gf - (gf * yf).sum(dim=1, keepdim=True))
+        out[r0 : r0 + row_chunk].copy_(result)

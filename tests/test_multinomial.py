@@ -1,0 +1,99 @@
+"""multinomial: the torch.multinomial drop-in, on every backend."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _stats import assert_fits
+from conftest import DEVICE, INTERPRETED
+
+import stablesoftmax as ss
+
+
+def _probs(rows, cols, gen, dtype):
+    return torch.rand(rows, cols, generator=gen, dtype=torch.float64).pow(3).mul(7).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_unnormalised_rows_follow_their_distribution(backend, dtype, gen):
+    p = _probs(3, 30, gen, dtype)
+    p[1, ::3] = 0
+    tokens = ss.multinomial(p, 30_000, replacement=True)
+    assert tokens.shape == (3, 30_000) and tokens.dtype == torch.int64
+    for r in range(3):
+        expected = p[r].double().cpu()
+        assert_fits(torch.bincount(tokens[r].cpu(), minlength=30), expected / expected.sum())
+
+
+def test_tiny_float16_probabilities_and_zeros(backend):
+    """Zero-probability entries never come back, even beside float16 subnormals (pytorch#192812)."""
+    cols = 4096
+    p = torch.zeros(4, cols, dtype=torch.float16)
+    p[:, ::7] = 6e-8  # float16 subnormal
+    p[:, 5] = 1.0
+    p = p.to(DEVICE)
+    tokens = ss.multinomial(p, 100_000, replacement=True)
+    assert (p.gather(1, tokens) > 0).all()
+    single = ss.multinomial(p, 1)
+    assert (p.gather(1, single) > 0).all()
+
+
+def test_without_replacement(backend, gen):
+    p = _probs(1, 5, gen, torch.float32)
+    p_cpu = p[0].double().cpu() / p[0].double().cpu().sum()
+    trials = 5_000
+    torch.manual_seed(0)
+    pairs = ss.multinomial(p.expand(trials, 5).contiguous(), 2)
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    counts = torch.bincount((pairs[:, 0] * 5 + pairs[:, 1]).cpu(), minlength=25)
+    expected = torch.zeros(25, dtype=torch.float64)
+    for i in range(5):
+        for j in range(5):
+            if i != j:
+                expected[i * 5 + j] = p_cpu[i] * p_cpu[j] / (1 - p_cpu[i])
+    assert_fits(counts, expected)
+    every = ss.multinomial(p[0], 5)
+    assert sorted(every.tolist()) == [0, 1, 2, 3, 4] and every.shape == (5,)
+
+
+def test_no_limit_on_categories(backend):
+    cols = (1 << 24) + 17 if not (INTERPRETED and backend == "triton") else 70_000
+    p = torch.zeros(cols, dtype=torch.float32, device=DEVICE)
+    p[-1] = 3.0
+    p[-17] = 1.0
+    torch.manual_seed(0)
+    tokens = ss.multinomial(p, 2000, replacement=True)
+    assert set(tokens.tolist()) == {cols - 1, cols - 17}
+    assert 0.65 < float((tokens == cols - 1).double().mean()) < 0.85
+
+
+def test_errors_name_row_column_and_cause(backend):
+    p = torch.rand(4, 10, device=DEVICE)
+    bad = p.clone()
+    bad[2, 7] = math.nan
+    with pytest.raises(ss.StableSoftmaxError, match=r"NaN.*\[2, 7\].*float16 overflow.*bfloat16"):
+        ss.multinomial(bad, 1)
+    bad = p.clone()
+    bad[1, 3] = math.inf
+    with pytest.raises(ss.StableSoftmaxError, match=r"inf.*\[1, 3\]"):
+        ss.multinomial(bad, 1)
+    bad = p.clone()
+    bad[0, 9] = -0.5
+    with pytest.raises(ss.StableSoftmaxError, match=r"negative.*\[0, 9\]"):
+        ss.multinomial(bad, 1)
+    bad = p.clone()
+    bad[3] = 0
+    with pytest.raises(ss.StableSoftmaxError, match=r"sum to zero.*rows 3"):
+        ss.multinomial(bad, 1)
+    bad = p.clone()
+    bad[1, 2:] = 0
+    with pytest.raises(ss.StableSoftmaxError, match=r"rows 1 have fewer non-zero entries.*num_samples=3"):
+        ss.multinomial(bad, 3)
+    with pytest.raises(ss.StableSoftmaxError, match="without replacement from 10"):
+        ss.multinomial(p, 11)
+    with pytest.raises(ss.StableSoftmaxError, match="1-D or 2-D"):
+        ss.multinomial(p.view(2, 2, 10), 1)
+    with pytest.raises(ss.StableSoftmaxError, match="float"):
+        ss.multinomial(torch.ones(3, dtype=torch.int64, device=DEVICE), 1)
