@@ -33,7 +33,6 @@ bisection; nobody samples float64 logits on a GPU hot path).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import triton
@@ -226,10 +225,7 @@ def _block_kernel(
     ptrs = x_ptr + rows[:, None] * stride + cols[None, :]
     if IS_PROBS:
         x = tl.load(ptrs, mask=msk, other=0.0)
-        if ACC_F64:
-            w = x.to(tl.float64)
-        else:
-            w = x.to(tl.float32)
+        w = x.to(tl.float64) if ACC_F64 else x.to(tl.float32)
         log_w = tl.log(tl.where(w > 0.0, w, 1.0))
     else:
         x = tl.load(ptrs, mask=msk, other=-float("inf")).to(tl.float32)
@@ -384,17 +380,17 @@ def _race_select(keys: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, to
 def sample_rows(
     logits: torch.Tensor,
     temperature: torch.Tensor,
-    top_k: Optional[torch.Tensor],
-    top_p: Optional[torch.Tensor],
-    min_p: Optional[torch.Tensor],
+    top_k: torch.Tensor | None,
+    top_p: torch.Tensor | None,
+    min_p: torch.Tensor | None,
     seed: torch.Tensor,
     row_id: torch.Tensor,
     offset: torch.Tensor,
     num_samples: int,
     replacement: bool,
     tokens: torch.Tensor,
-    logprobs: Optional[torch.Tensor],
-    top_k_max: Optional[int] = None,
+    logprobs: torch.Tensor | None,
+    top_k_max: int | None = None,
 ) -> None:
     """Sample ``tokens`` (rows, n) int64 from logits (rows, V); see :func:`torch_sampling.sample_rows`.
 
