@@ -72,15 +72,21 @@ struct Rng {
     philox4x32_10(key, c);
     return double(c[0]) * 0x1p-32;
   }
-  // log(E_i), E_i = -log(u_i): the race's per-entry draw (float32, as the reference).
-  float log_exponential(i64 i) {
+  // The race's 24-bit draw for entry i: word i % 4 of counter c0 = i / 4, shifted right by 8.
+  u32 race_bits(i64 i) {
     const i64 g = i >> 2;
     if (g != cached) {
       w[0] = u32(g); w[1] = c1; w[2] = c2; w[3] = c3;
       philox4x32_10(key, w);
       cached = g;
     }
-    const float u = (float(w[i & 3] >> 8) + 0.5f) * 0x1p-24f;
+    return w[i & 3] >> 8;
+  }
+  // 1 - u_i exactly (a lower bound on E_i = -log(u_i)).
+  double one_minus_u(i64 i) { return (16777216.0 - 0.5 - double(race_bits(i))) * 0x1p-24; }
+  // log(E_i), E_i = -log(u_i): the race's per-entry draw (float32, as the reference).
+  float log_exponential(i64 i) {
+    const float u = (float(race_bits(i)) + 0.5f) * 0x1p-24f;
     const float e = -std::log(u);
     return std::log(e);
   }
@@ -148,6 +154,42 @@ template <bool kNonPos = false> inline __m256 exp8(__m256 x) {
   const __m256 y = exp8_poly(r);
   return _mm256_castsi256_ps(
       _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
+// Philox4x32-10 on 8 counters at once (lane k holds counter k's words); same rounds as philox4x32_10.
+inline void philox8(std::uint64_t key, __m256i& x0, __m256i& x1, __m256i& x2, __m256i& x3) {
+  __m256i k0 = _mm256_set1_epi32(int(u32(key))), k1 = _mm256_set1_epi32(int(u32(key >> 32)));
+  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53), m1 = _mm256_set1_epi64x(0xCD9E8D57);
+  const __m256i w0 = _mm256_set1_epi32(int(0x9E3779B9u)), w1 = _mm256_set1_epi32(int(0xBB67AE85u));
+  for (int round = 0; round < 10; ++round) {
+    // 32 x 32 -> 64-bit products of the even lanes and of the odd lanes, split into high and low words
+    const __m256i p0e = _mm256_mul_epu32(x0, m0), p0o = _mm256_mul_epu32(_mm256_srli_epi64(x0, 32), m0);
+    const __m256i p1e = _mm256_mul_epu32(x2, m1), p1o = _mm256_mul_epu32(_mm256_srli_epi64(x2, 32), m1);
+    const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(p0e, 32), p0o, 0xAA);
+    const __m256i lo0 = _mm256_blend_epi32(p0e, _mm256_slli_epi64(p0o, 32), 0xAA);
+    const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(p1e, 32), p1o, 0xAA);
+    const __m256i lo1 = _mm256_blend_epi32(p1e, _mm256_slli_epi64(p1o, 32), 0xAA);
+    x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), k0);
+    x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), k1);
+    x1 = lo1;
+    x3 = lo0;
+    k0 = _mm256_add_epi32(k0, w0);
+    k1 = _mm256_add_epi32(k1, w1);
+  }
+}
+
+// The race's 24-bit draws (Rng::race_bits) of entries i0 .. i0 + 31 (i0 a multiple of 4), in entry order.
+inline void race_bits32(const Rng& rng, i64 i0, u32* out) {
+  __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(int(u32(i0 >> 2))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i x1 = _mm256_set1_epi32(int(rng.c1)), x2 = _mm256_set1_epi32(int(rng.c2)), x3 = _mm256_set1_epi32(int(rng.c3));
+  philox8(rng.key, x0, x1, x2, x3);
+  alignas(32) u32 words[4][8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(words[0]), _mm256_srli_epi32(x0, 8));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(words[1]), _mm256_srli_epi32(x1, 8));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(words[2]), _mm256_srli_epi32(x2, 8));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(words[3]), _mm256_srli_epi32(x3, 8));
+  for (int k = 0; k < 8; ++k)
+    for (int j = 0; j < 4; ++j) out[4 * k + j] = words[j][k];
 }
 
 inline double hsum_d(__m256 v) {
@@ -222,7 +264,11 @@ struct ProbW {
   bool positive(float x) const { return x > 0; }
 };
 
+// An invalid probability: negative, NaN or infinite.
+inline bool invalid_prob(float v) { return !(v >= 0.0f && v < kInf); }
+
 // Sums of the weights of each block in [c0, c1) (c0 a multiple of kB, c1 a block end or the row end).
+// For probabilities, a block holding an invalid entry sums to NaN (the caller reports the row).
 template <class T, class W> void block_sums(const T* x, i64 c0, i64 c1, const W& w, double* out) {
   constexpr bool kProbs = std::is_same<W, ProbW>::value;
   for (i64 b0 = c0; b0 < c1; b0 += kB) {
@@ -231,11 +277,22 @@ template <class T, class W> void block_sums(const T* x, i64 c0, i64 c1, const W&
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
     i64 i = b0;
     if constexpr (kProbs) {
+      // invalid lanes: v < 0, or !(v < inf) (NaN and +inf)
+      const __m256 vzero = _mm256_setzero_ps(), vinf = _mm256_set1_ps(kInf);
+      __m256 bad = vzero;
+      auto check = [&](__m256 v) {
+        bad = _mm256_or_ps(bad, _mm256_or_ps(_mm256_cmp_ps(v, vzero, _CMP_LT_OQ), _mm256_cmp_ps(v, vinf, _CMP_NLT_UQ)));
+        return v;
+      };
       for (; i + 16 <= b1; i += 16) {
-        acc0 = _mm256_add_ps(acc0, vload(x + i));
-        acc1 = _mm256_add_ps(acc1, vload(x + i + 8));
+        acc0 = _mm256_add_ps(acc0, check(vload(x + i)));
+        acc1 = _mm256_add_ps(acc1, check(vload(x + i + 8)));
       }
-      for (; i < b1; i += 8) acc0 = _mm256_add_ps(acc0, vload_tail(x + i, b1 - i, 0.0f));
+      for (; i < b1; i += 8) acc0 = _mm256_add_ps(acc0, check(vload_tail(x + i, b1 - i, 0.0f)));
+      if (_mm256_movemask_ps(bad)) {
+        out[(b0 - c0) / kB] = kNaN;
+        continue;
+      }
     } else {
       // Sums only steer the search to a block (which is then rescanned with exact division), so
       // z here is (x - m) * (1/T): within an ulp of the division, z <= 0 still.
@@ -251,8 +308,12 @@ template <class T, class W> void block_sums(const T* x, i64 c0, i64 c1, const W&
 #else
     double s = 0;
     for (i64 i = b0; i < b1; ++i) {
-      if constexpr (kProbs) s += double(load_as<float>(x + i));
-      else s += double(exp1(w.z(load_as<float>(x + i))));
+      if constexpr (kProbs) {
+        const float v = load_as<float>(x + i);
+        s += invalid_prob(v) ? kNaN : double(v);
+      } else {
+        s += double(exp1(w.z(load_as<float>(x + i))));
+      }
     }
     out[(b0 - c0) / kB] = s;
 #endif
@@ -447,6 +508,7 @@ void generic_probs_row(const T* x, i64 V, Rng& rng, bool replacement, const RowO
   c.clear();
   for (i64 i = 0; i < V; ++i) {
     const Acc w = load_as<Acc>(x + i);
+    if (!(w >= 0 && w < std::numeric_limits<Acc>::infinity())) return out.fill_bad();
     if (w > 0) c.push_back({i, std::log(w), w});
   }
   finish(c, 0.0, Filters{}, rng, replacement, out);
@@ -498,15 +560,26 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
   constexpr bool kProbs = std::is_same<W, ProbW>::value;
   TopN<float> top(out.n);
   i64 count = 0;
+  // Once the heap is full, an entry needs key > thr, i.e. E < w * exp(-thr) with w its weight; as
+  // E = -log(u) >= 1 - u, an entry with 1 - u >= w * exp(-thr) (less a margin far above the float
+  // rounding of the key) cannot enter, and its logarithms are never computed.
+  constexpr double kMargin = 1.0 + 1e-4;
+  double inv_exp_thr = kInf;  // exp(-thr) * kMargin; +inf while the heap is not full
   auto visit = [&](i64 i, float v) {  // v: the input value of a positive entry
     float lw;
-    if constexpr (kProbs) lw = std::log(v);
-    else lw = w.z(v);
+    if constexpr (kProbs) {
+      if (rng.one_minus_u(i) >= double(v) * inv_exp_thr) return;
+      lw = std::log(v);
+    } else {
+      lw = w.z(v);
+      if (inv_exp_thr != kInf && rng.one_minus_u(i) >= std::exp(double(lw)) * inv_exp_thr) return;
+    }
     top.push(lw - rng.log_exponential(i), i);
   };
   // bound on the input value below which an entry cannot enter the heap
   auto bound = [&]() -> float {
     if (!top.full()) return kProbs ? 0.0f : -kInf;
+    inv_exp_thr = std::exp(-double(top.threshold())) * kMargin;
     const float thr = top.threshold() - kRaceSlack;
     if constexpr (kProbs) return std::exp(thr);
     else {  // z < thr  <=  x < thr * t + m, less a margin for the rounding of both sides
@@ -516,17 +589,49 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
   };
   float xb = bound();
   i64 i = 0;
+  bool invalid = false;
 #if SSM_SVEC
   const __m256 vm = _mm256_set1_ps(kProbs ? 0.f : w.m), vt = _mm256_set1_ps(kProbs ? 1.f : w.t);
-  const __m256 vcut = _mm256_set1_ps(kZCut), vzero = _mm256_setzero_ps();
+  const __m256 vcut = _mm256_set1_ps(kZCut), vzero = _mm256_setzero_ps(), vinf = _mm256_set1_ps(kInf);
+  __m256 vbad = vzero;
+  // The 1 - u test in vector form once the heap is full: Philox for 32 entries at a time, then
+  // (1 - u) rounded down against w * exp(-thr) * kMargin (products in float: a prefilter only;
+  // visit() repeats the test in double).
+  alignas(32) u32 bits[32];
+  i64 bits_at = -1;
+  auto may_enter = [&](i64 i0, __m256 v, __m256 z) -> int {
+    if (inv_exp_thr == double(kInf)) return 0xFF;
+    if ((i0 & ~i64(31)) != bits_at) {
+      bits_at = i0 & ~i64(31);
+      race_bits32(rng, bits_at, bits);
+    }
+    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(bits + (i0 & 31)));
+    const __m256 omu = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_set1_epi32(16777215), b)),
+                                     _mm256_set1_ps(0x1p-24f));  // <= 1 - u
+    __m256 bound_w;
+    if constexpr (kProbs) {
+      (void)z;
+      bound_w = _mm256_mul_ps(v, _mm256_set1_ps(float(std::min(inv_exp_thr, 1e38))));
+    } else {
+      bound_w = exp8(_mm256_add_ps(z, _mm256_set1_ps(float(std::log(inv_exp_thr)))));
+    }
+    return _mm256_movemask_ps(_mm256_cmp_ps(omu, bound_w, _CMP_LT_OQ));
+  };
   for (; i + 8 <= V; i += 8) {
     const __m256 v = vload(x + i);
-    __m256 pos;
-    if constexpr (kProbs) pos = _mm256_cmp_ps(v, vzero, _CMP_GT_OQ);
-    else pos = _mm256_cmp_ps(_mm256_div_ps(_mm256_sub_ps(v, vm), vt), vcut, _CMP_GE_OQ);
+    __m256 pos, z = vzero;
+    if constexpr (kProbs) {
+      pos = _mm256_cmp_ps(v, vzero, _CMP_GT_OQ);
+      vbad = _mm256_or_ps(vbad, _mm256_or_ps(_mm256_cmp_ps(v, vzero, _CMP_LT_OQ), _mm256_cmp_ps(v, vinf, _CMP_NLT_UQ)));
+    } else {
+      z = _mm256_div_ps(_mm256_sub_ps(v, vm), vt);
+      pos = _mm256_cmp_ps(z, vcut, _CMP_GE_OQ);
+    }
     const int pm = _mm256_movemask_ps(pos);
     count += __builtin_popcount(unsigned(pm));
     int cm = pm & _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(xb), _CMP_GE_OQ));
+    if (cm == 0) continue;
+    cm &= may_enter(i, v, z);
     if (cm == 0) continue;
     alignas(32) float vb[8];
     _mm256_store_ps(vb, v);
@@ -539,9 +644,11 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
       }
     }
   }
+  invalid = _mm256_movemask_ps(vbad) != 0;
 #endif
   for (; i < V; ++i) {
     const float v = load_as<float>(x + i);
+    if constexpr (kProbs) invalid |= invalid_prob(v);
     if (!w.positive(v)) continue;
     ++count;
     if (v >= xb) {
@@ -549,6 +656,7 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
       xb = bound();
     }
   }
+  if (invalid) return out.fill_bad();
   top.sorted();
   for (i64 k = 0; k < out.n; ++k) {
     if (k < i64(top.h.size()) && k < count) {
@@ -806,6 +914,10 @@ template <class T> void probs_row(const SampleArgs& a, i64 r, const double* bs) 
       block_sums(x, 0, V, w, own.data());
       bs = own.data();
     }
+    double total = 0;
+    for (i64 b = 0; b < (V + kB - 1) / kB; ++b) total += bs[b];
+    // float32 block sums of huge finite weights can overflow: redo the row in float64
+    if (std::isinf(total)) return generic_probs_row<double>(x, V, rng, a.replacement, out);
     draw_from_blocks(x, V, w, bs, rng, out, static_cast<const LogitW*>(nullptr));
   }
 }

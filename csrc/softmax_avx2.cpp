@@ -83,6 +83,36 @@ inline __m256 exp256(__m256 x) {
   return _mm256_mul_ps(_mm256_mul_ps(p, sa), sb);
 }
 
+// A cheaper exp for values that end in a sum, a float32 output or a float16 output, where results
+// below 2^-125 do not matter (float32: under the absolute error bound; float16: they round to 0):
+// x < -86.5 gives 0 (as does -inf), e^r by a degree-6 Taylor polynomial (truncation < 1.3e-7
+// relative, ~2-3 ulp in all), 2^n added to the exponent bits in one step. bfloat16 outputs keep
+// exp256, whose subnormal results they can represent. Inputs here are <= 0 (x - row max).
+inline __m256 exp256_ftz(__m256 x) {
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-86.5f), _CMP_GE_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-86.5f));
+  const __m256 shift = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift);
+  const __m256 n = _mm256_sub_ps(t, shift);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723e-06f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i scaled = _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(t), 23));
+  return _mm256_and_ps(_mm256_castsi256_ps(scaled), keep);
+}
+
+// exp for values written to (or staged for) an output of type Out.
+template <class Out> inline __m256 exp_for(__m256 x) {
+  if constexpr (std::is_same<Out, BFloat16>::value) return exp256(x);
+  else return exp256_ftz(x);
+}
+
 inline double hsum(__m256d v) {
   const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -137,11 +167,27 @@ template <class In> double max_k(const void* xv, std::int64_t n) {
   const In* x = static_cast<const In*>(xv);
   const __m256 ninf = _mm256_set1_ps(-INFINITY);
   __m256 acc[4] = {ninf, ninf, ninf, ninf};
+  __m256 nan = _mm256_setzero_ps();  // max_ps drops NaN operands: NaN lanes are tracked apart
   std::int64_t i = 0;
-  for (; i + 32 <= n; i += 32)
-    for (int u = 0; u < 4; ++u) acc[u] = _mm256_max_ps(acc[u], load8(x + i + 8 * u));
-  for (; i + 8 <= n; i += 8) acc[0] = _mm256_max_ps(acc[0], load8(x + i));
-  if (i < n) acc[0] = _mm256_max_ps(acc[0], _mm256_blendv_ps(ninf, load_tail(x + i, n - i), tail_mask(n - i)));
+  for (; i + 32 <= n; i += 32) {
+    for (int u = 0; u < 4; u += 2) {
+      const __m256 a = load8(x + i + 8 * u), b = load8(x + i + 8 * u + 8);
+      acc[u] = _mm256_max_ps(acc[u], a);
+      acc[u + 1] = _mm256_max_ps(acc[u + 1], b);
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+    }
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = load8(x + i);
+    acc[0] = _mm256_max_ps(acc[0], a);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
+  if (i < n) {
+    const __m256 a = _mm256_blendv_ps(ninf, load_tail(x + i, n - i), tail_mask(n - i));
+    acc[0] = _mm256_max_ps(acc[0], a);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
+  if (_mm256_movemask_ps(nan)) return double(NAN);
   __m256 m = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
   __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
   h = _mm_max_ps(h, _mm_movehl_ps(h, h));
@@ -149,14 +195,16 @@ template <class In> double max_k(const void* xv, std::int64_t n) {
   return double(_mm_cvtss_f32(h));
 }
 
-template <class In> double sum_exp_k(const void* x, std::int64_t n, double c, float* stage) {
+template <class In, class Out> double sum_exp_k(const void* x, std::int64_t n, double c, float* stage) {
   const __m256 vc = _mm256_set1_ps(float(c));
-  return reduce8(n, stage, [vc](__m256 v) { return exp256(_mm256_sub_ps(v, vc)); }, static_cast<const In*>(x));
+  if (!stage)  // only the sum is needed
+    return reduce8(n, nullptr, [vc](__m256 v) { return exp256_ftz(_mm256_sub_ps(v, vc)); }, static_cast<const In*>(x));
+  return reduce8(n, stage, [vc](__m256 v) { return exp_for<Out>(_mm256_sub_ps(v, vc)); }, static_cast<const In*>(x));
 }
 
 template <class In, class Out> void write_exp_k(const void* x, std::int64_t n, double c, double k, void* out) {
   const __m256 vc = _mm256_set1_ps(float(c)), vk = _mm256_set1_ps(float(k));
-  map8(n, static_cast<Out*>(out), [=](__m256 v) { return _mm256_mul_ps(exp256(_mm256_sub_ps(v, vc)), vk); },
+  map8(n, static_cast<Out*>(out), [=](__m256 v) { return _mm256_mul_ps(exp_for<Out>(_mm256_sub_ps(v, vc)), vk); },
        static_cast<const In*>(x));
 }
 
@@ -172,7 +220,7 @@ template <class Out> void write_scaled_k(const float* stage, std::int64_t n, dou
 }
 
 template <class In, class Out> const ForwardKernels* forward_table() {
-  static const ForwardKernels k = {&max_k<In>, &sum_exp_k<In>, &write_exp_k<In, Out>, &write_log_k<In, Out>,
+  static const ForwardKernels k = {&max_k<In>, &sum_exp_k<In, Out>, &write_exp_k<In, Out>, &write_log_k<In, Out>,
                                    &write_scaled_k<Out>};
   return &k;
 }

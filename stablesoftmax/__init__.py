@@ -7,8 +7,10 @@ Three backends behind one dispatch layer: Triton (GPUs), a C++ extension (CPUs) 
 
 from __future__ import annotations
 
+from ._diagnose import Diagnosis, diagnose
 from ._dispatch import BackendStatus, available_backends, backend_for, use_backend
 from ._errors import StableSoftmaxError
+from ._patch import patch, patched, unpatch
 from ._sampling import multinomial, sample_from_logits
 from ._softmax import log_softmax, softmax
 
@@ -16,13 +18,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendStatus",
+    "Diagnosis",
     "StableSoftmaxError",
     "__version__",
     "available_backends",
     "backend_for",
+    "diagnose",
     "log_softmax",
     "multinomial",
+    "patch",
+    "patched",
     "sample_from_logits",
     "softmax",
+    "unpatch",
     "use_backend",
 ]

@@ -1,12 +1,45 @@
-"""Command line: ``python -m stablesoftmax info | bench | demo``."""
+"""Command line: ``python -m stablesoftmax info | bench | demo | diagnose FILE``.
+
+``diagnose`` exits with 0 when every row of every tensor is fine, 1 when some row holds NaN or
+``+inf`` or is fully masked (like a linter), and 2 for usage and file errors.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+import textwrap
+from collections.abc import Iterator
 
 import torch
+
+
+def _versions() -> str:
+    """Versions of the optional companions, read from the installed metadata (nothing is imported)."""
+    from importlib import metadata
+
+    found = []
+    for name in ("numpy", "transformers", "safetensors"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name}: not installed")
+    return ", ".join(found)
+
+
+def _devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        devices.append("xpu")
+    return devices
 
 
 def _info() -> int:
@@ -19,6 +52,7 @@ def _info() -> int:
         print(f"triton {triton.__version__}")
     except ImportError:
         print("triton: not installed")
+    print(_versions())
     try:
         from stablesoftmax import _C
 
@@ -31,8 +65,12 @@ def _info() -> int:
     print("backends:")
     for status in ss.available_backends().values():
         print(f"  {status}")
-    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        print(f"  automatic choice for {device} tensors: {ss.backend_for(device)}")
+    for device in _devices():
+        try:
+            choice = f"softmax {ss.backend_for(device)}, sampling {ss.backend_for(device, 'sampling')}"
+        except ss.StableSoftmaxError as exc:
+            choice = f"none ({exc})"
+        print(f"  automatic choice for {device} tensors: {choice}")
     return 0
 
 
@@ -49,25 +87,178 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _wrapped(exc: BaseException) -> str:
+    return textwrap.fill(f"{type(exc).__name__}: {exc}", width=110, initial_indent="  ", subsequent_indent="    ")
+
+
+def _print_rows(t: torch.Tensor) -> None:
+    for i, row in enumerate(t.tolist()):
+        print(f"  row {i}: [" + ", ".join(f"{v:.4g}" for v in row) + "]")
+
+
 def _demo() -> int:
     import stablesoftmax as ss
 
     inf = float("inf")
-    # Float16 logits as an overflowing model produces them: one activation hit +inf, one row fully masked.
-    logits = torch.tensor(
-        [[2.0, inf, 1.0, -inf], [-inf, -inf, -inf, -inf], [65504.0, 65504.0, 1.0, 0.0]], dtype=torch.float16
+    gen = torch.Generator().manual_seed(0)
+    # Float16 logits as an overflowing model produces them, over a vocabulary of 6 tokens.
+    logits = (torch.randn(3, 6, generator=gen) * 3).to(torch.float16)
+    logits[0, [2, 4]] = inf  # activations that overflowed float16's 65504
+    logits[1] = -inf  # a logits processor masked every token
+    logits[2, [1, 4]] = 64992.0  # close to the float16 limit
+    print("float16 logits (row 0: activations overflowed to +inf; row 1: every token masked by a logits processor;")
+    print(f"row 2: close to the float16 limit 65504), torch {torch.__version__}, seed 0:")
+    _print_rows(logits)
+
+    print("\n(1) torch.softmax(logits.float(), -1), then torch.multinomial(probs, 1)")
+    _print_rows(torch.softmax(logits.float(), -1))
+    try:
+        torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen)
+    except RuntimeError as exc:
+        print(f"  {_first_line(exc)}")
+    print("stablesoftmax.softmax(logits, -1): the limits of softmax, masks stay masked")
+    _print_rows(ss.softmax(logits, -1))
+    rows = [0, 2]
+    tokens = ss.sample_from_logits(logits[rows], 4, generator=gen)
+    print(f"stablesoftmax.sample_from_logits(logits[{rows}], 4): {tokens.tolist()}")
+    drawn = ss.multinomial(ss.softmax(logits[rows], -1), 4, replacement=True, generator=gen)
+    print(f"stablesoftmax.multinomial(stablesoftmax.softmax(logits[{rows}], -1), 4): {drawn.tolist()}")
+    try:
+        ss.sample_from_logits(logits, generator=gen)
+    except ss.StableSoftmaxError as exc:
+        print("on all rows (row 1 has nothing to sample):")
+        print(_wrapped(exc))
+
+    cool = torch.tensor([[3.0, 7.5, 1.0, 2.0, -1.0, 0.5]], dtype=torch.float16)
+    print(f"\n(2) temperature 1e-4 on float16 logits {cool.flatten().tolist()}")
+    print(f"torch.softmax(logits / 1e-4, -1) in float16: {torch.softmax(cool / 1e-4, -1).flatten().tolist()}")
+    greedy = ss.sample_from_logits(cool, 1, temperature=1e-4, generator=gen)
+    print(f"stablesoftmax.sample_from_logits(logits, temperature=1e-4): {greedy.tolist()} (the argmax)")
+
+    upstream = torch.tensor([[1.0, inf, 2.0, 0.5, -1.0, 1.5]], dtype=torch.float16)
+    broken = upstream - upstream.max()  # what a model computes after an overflow: inf - inf = NaN
+    print(f"\n(3) a NaN row (x - max after an overflow, inf - inf): {broken.flatten().tolist()}")
+    try:
+        ss.sample_from_logits(broken, generator=gen)
+    except ss.StableSoftmaxError as exc:
+        print(_wrapped(exc))
+    print(
+        "\nFind such rows in saved tensors: python -m stablesoftmax diagnose logits.pt (or stablesoftmax.diagnose(x))"
     )
-    print("float16 logits (row 0: an overflowed activation; row 1: every token masked; row 2: at the float16 limit):")
-    print(logits)
-    print("\ntorch.softmax:")
-    print(torch.softmax(logits, -1))
-    print("\nstablesoftmax.softmax (the limits of softmax; masks stay masked):")
-    print(ss.softmax(logits, -1))
-    print("\ntorch.log_softmax:")
-    print(torch.log_softmax(logits, -1))
-    print("\nstablesoftmax.log_softmax:")
-    print(ss.log_softmax(logits, -1))
     return 0
+
+
+def _label(prefix: str, key: object) -> str:
+    return f"{prefix}[{key}]" if isinstance(key, int) else (f"{prefix}.{key}" if prefix else str(key))
+
+
+def _flatten(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(label, leaf) pairs of nested dicts / lists / tuples: keys for dict entries, [i] for sequence items."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _flatten(value, _label(prefix, key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _flatten(value, _label(prefix, i))
+    else:
+        yield prefix, obj
+
+
+class _UsageError(Exception):
+    """A file or usage problem: one line on stderr, exit status 2."""
+
+
+def _load(path: str) -> object:
+    """The tensor(s) in a .pt / .pth / .npy / .npz / .safetensors file."""
+    if not os.path.isfile(path):
+        raise _UsageError(f"{path}: no such file")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".pt", ".pth", ".npy", ".npz", ".safetensors"):
+        raise _UsageError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; expected .pt, .pth, .npy, .npz or .safetensors"
+        )
+    try:
+        if suffix in (".pt", ".pth"):
+            return torch.load(path, map_location="cpu", weights_only=True)
+        if suffix in (".npy", ".npz"):
+            import numpy
+
+            loaded = numpy.load(path, allow_pickle=False)
+            if isinstance(loaded, numpy.ndarray):
+                return torch.from_numpy(loaded)
+            with loaded:
+                return {name: torch.from_numpy(loaded[name]) for name in loaded.files}
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise _UsageError(
+                f"{path}: reading .safetensors files needs the safetensors package: pip install safetensors"
+            ) from None
+        return load_file(path)
+    except _UsageError:
+        raise
+    except Exception as exc:  # any reader's error: name the file, say why, no traceback
+        raise _UsageError(f"{path}: cannot read: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """One line out of a reader's error; torch.load's weights-only errors bury the reason mid-message."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].rstrip(".")
+        return (
+            f"torch.load(weights_only=True) refused it ({detail}); only tensors and plain containers of tensors "
+            "are read: save the tensor or a state_dict"
+        )
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from ._diagnose import diagnose
+
+    try:
+        loaded = _load(args.file)
+        name = os.path.basename(args.file)
+        if isinstance(loaded, torch.Tensor):
+            if args.key is not None:
+                raise _UsageError(f"{args.file}: holds a single tensor; --key {args.key!r} does not apply")
+            targets = [(name, loaded)]
+        else:
+            leaves = [(label, leaf) for label, leaf in _flatten(loaded) if isinstance(leaf, torch.Tensor)]
+            if args.key is not None:
+                chosen = [(label, leaf) for label, leaf in leaves if label == args.key]
+                if not chosen:
+                    known = ", ".join(label for label, _ in leaves[:10]) + (", ..." if len(leaves) > 10 else "")
+                    raise _UsageError(f"{args.file}: no tensor under key {args.key!r} (tensors: {known or 'none'})")
+                targets = chosen
+            else:
+                targets = [(label, leaf) for label, leaf in leaves if leaf.dtype.is_floating_point]
+                if not targets:
+                    raise _UsageError(f"{args.file}: no floating-point tensor found")
+        reports = []
+        for label, tensor in targets:
+            try:
+                reports.append((label, diagnose(tensor, args.dim)))
+            except (IndexError, RuntimeError) as exc:
+                where = f"{args.file}: " + (f"{label}: " if label != name else "")
+                raise _UsageError(f"{where}{exc}") from exc
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for i, (label, report) in enumerate(reports):
+        print(("\n" if i else "") + f"== {label}")
+        print(report)
+    bad = [label for label, report in reports if not report.ok]
+    if len(reports) > 1:
+        print(
+            f"\n{len(reports)} tensors checked, {len(bad)} with bad rows" + (f": {', '.join(bad[:10])}" if bad else "")
+        )
+    return 1 if bad else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,11 +269,22 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--full", action="store_true", help="all shapes, longer timing")
     sub.add_parser("demo", help="what torch answers for overflowed float16 logits, and what stablesoftmax answers")
+    diag = sub.add_parser(
+        "diagnose",
+        help="per-row NaN / +inf / -inf counts and float16 headroom of saved tensors (exit 1 if any row is bad)",
+        description="Report the rows softmax and sampling would choke on. Exit status: 0 every row fine, "
+        "1 some row holds NaN or +inf or is fully masked, 2 usage or file error.",
+    )
+    diag.add_argument("file", help="a .pt / .pth (tensor, or dict / list of tensors), .npy, .npz or .safetensors file")
+    diag.add_argument("--dim", type=int, default=-1, help="the row dimension, as for softmax (default -1)")
+    diag.add_argument("--key", help="check only this tensor of a dict / list (nested: a.b, list items: [i])")
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
     if args.command == "bench":
         return _bench(args)
+    if args.command == "diagnose":
+        return _diagnose(args)
     return _demo()
 
 

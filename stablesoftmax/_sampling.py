@@ -127,6 +127,11 @@ def _raise_for_bad_rows(
     )  # fmt: skip
 
 
+def _draw_with_replacement(num_samples: int, replacement: bool) -> bool:
+    """One draw is the same distribution either way; the inverse-CDF draw reads far less randomness than the race."""
+    return replacement or num_samples == 1
+
+
 def _check_range(value: RowParam, name: str, low: float, high: float, low_open: bool, validate: bool) -> None:
     """Check a scalar always, a tensor only when validating (that costs a device sync)."""
     if isinstance(value, torch.Tensor):
@@ -204,6 +209,14 @@ def sample_from_logits(
         For bad parameters, and (with ``validate``) rows holding NaN or with nothing to
         sample, naming the rows, the counts of NaN / +inf / -inf, the likely cause and the fix.
     """
+    if torch.compiler.is_compiling():
+        from . import _compiled
+
+        return _compiled.sample_from_logits(
+            logits, num_samples, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            replacement=replacement, generator=generator, seed=seed, offset=offset,
+            return_logprobs=return_logprobs, validate=validate,
+        )  # fmt: skip
     op = "sample_from_logits"
     _check_tensor(logits, op, "logits")
     _check_num_samples(num_samples, op)
@@ -252,7 +265,8 @@ def sample_from_logits(
     tokens = torch.empty((rows, num_samples), dtype=torch.int64, device=device)
     logprobs = torch.empty((rows, num_samples), dtype=torch.float32, device=device) if return_logprobs else None
     sampling_kernels_for(x).sample_rows(
-        x, temp, k_tensor, p_tensor, minp_tensor, keys, row_ids, offsets, num_samples, replacement,
+        x, temp, k_tensor, p_tensor, minp_tensor, keys, row_ids, offsets, num_samples,
+        _draw_with_replacement(num_samples, replacement),
         tokens, logprobs, top_k_max=k_max,
     )  # fmt: skip
     if validate:
@@ -264,9 +278,53 @@ def sample_from_logits(
     return tokens
 
 
-def _first_bad_entries(p: torch.Tensor, bad: torch.Tensor) -> str:
-    where = bad.nonzero()[:_SHOWN_ROWS].tolist()
-    return ", ".join(f"[{r}, {c}] = {p[r, c].item()}" for r, c in where)
+def _describe_entries(row: torch.Tensor, r: int) -> str:
+    """Counts of the invalid entries of one probability row, and the first of them."""
+    nan = int(torch.isnan(row).sum())
+    inf = int(torch.isinf(row).sum())
+    neg = int((row < 0).sum())
+    first = int((~torch.isfinite(row) | (row < 0)).nonzero()[0, 0])
+    where = f"first at [{r}, {first}] = {row[first].item()}"
+    return f"row {r}: {nan} NaN, {inf} inf, {neg} negative of {row.numel()}, {where}"
+
+
+def _raise_for_bad_probs(p: torch.Tensor, tokens: torch.Tensor, num_samples: int) -> None:
+    """Turn the kernels' -1 into the SPEC's error; reads only the rows that failed."""
+    op = "multinomial"
+    bad_rows = (tokens < 0).any(dim=1).nonzero().flatten().tolist()
+    sub = p[bad_rows]
+    invalid = (~torch.isfinite(sub) | (sub < 0)).any(dim=1).tolist()
+    invalid_rows = [r for r, bad in zip(bad_rows, invalid) if bad]
+    if invalid_rows:
+        shown = invalid_rows[:_SHOWN_ROWS]
+        rows_part = sub[[bad_rows.index(r) for r in shown]]
+        kinds = [
+            kind
+            for kind, hit in (
+                ("NaN", torch.isnan(rows_part).any()),
+                ("inf", torch.isinf(rows_part).any()),
+                ("negative", (rows_part < 0).any()),
+            )
+            if bool(hit)
+        ]
+        details = "; ".join(_describe_entries(rows_part[i], r) for i, r in enumerate(shown))
+        non_finite = bool((~torch.isfinite(rows_part)).any())
+        hint = _OVERFLOW_HINT if non_finite else "Probabilities must be finite and >= 0."
+        more = ", ..." if len(invalid_rows) > _SHOWN_ROWS else ""
+        raise StableSoftmaxError(
+            f"{op}(): probability tensor contains {' and '.join(kinds)} entries in {len(invalid_rows)} of "
+            f"{p.shape[0]} rows (rows {', '.join(map(str, shown))}{more}). {details}. {hint}"
+        )
+    positive = (sub > 0).sum(dim=1).tolist()
+    zero_rows = [r for r, n in zip(bad_rows, positive) if n == 0]
+    if zero_rows:
+        raise _rows_error(op, p, zero_rows, "sum to zero, nothing to draw", _EMPTY_HINT)
+    r0 = bad_rows[0]
+    raise StableSoftmaxError(
+        f"{op}(): rows {', '.join(map(str, bad_rows[:_SHOWN_ROWS]))} have fewer non-zero entries "
+        f"(row {r0}: {positive[0]}) than num_samples={num_samples} without replacement (torch would "
+        "return zero-probability entries). Fix: replacement=True or fewer samples."
+    )
 
 
 def multinomial(
@@ -304,6 +362,10 @@ def multinomial(
         Naming row and column of a NaN, infinite or negative entry (with the likely cause
         and the fix), a row that sums to zero, or too many samples without replacement.
     """
+    if torch.compiler.is_compiling():
+        from . import _compiled
+
+        return _compiled.multinomial(input, num_samples, replacement, generator=generator)
     op = "multinomial"
     _check_tensor(input, op, "input")
     _check_num_samples(num_samples, op)
@@ -319,35 +381,10 @@ def multinomial(
         )
     if p.stride(1) != 1:
         p = p.contiguous()
-    bad = ~torch.isfinite(p) | (p < 0)
-    if bool(bad.any()):
-        kinds = []
-        if bool(torch.isnan(p).any()):
-            kinds.append("NaN")
-        if bool(torch.isinf(p).any()):
-            kinds.append("inf")
-        if bool((p < 0).any()):
-            kinds.append("negative")
-        hint = f" {_OVERFLOW_HINT}" if bool((~torch.isfinite(p)).any()) else " Probabilities must be >= 0."
-        raise StableSoftmaxError(
-            f"{op}(): probability tensor contains {' and '.join(kinds)} entries: "
-            f"first at {_first_bad_entries(p, bad)}.{hint}"
-        )
-    nonzero = (p > 0).sum(dim=1)
-    if bool((nonzero == 0).any()):
-        zero_rows = (nonzero == 0).nonzero().flatten().tolist()
-        raise StableSoftmaxError(
-            f"{op}(): {len(zero_rows)} rows sum to zero, nothing to draw (rows "
-            f"{', '.join(str(r) for r in zero_rows[:_SHOWN_ROWS])}). {_EMPTY_HINT}"
-        )
-    if not replacement and bool((nonzero < num_samples).any()):
-        short_rows = (nonzero < num_samples).nonzero().flatten().tolist()
-        raise StableSoftmaxError(
-            f"{op}(): rows {', '.join(str(r) for r in short_rows[:_SHOWN_ROWS])} have fewer non-zero entries "
-            f"(row {short_rows[0]}: {int(nonzero[short_rows[0]])}) than num_samples={num_samples} without "
-            "replacement (torch would return zero-probability entries). Fix: replacement=True or fewer samples."
-        )
     keys, row_ids, offsets = _random_stream(None, 0, generator, rows, torch.Size([rows]), p.device)
     tokens = torch.empty((rows, num_samples), dtype=torch.int64, device=p.device)
-    sampling_kernels_for(p).sample_probs(p, keys, row_ids, offsets, num_samples, replacement, tokens)
+    with_replacement = _draw_with_replacement(num_samples, replacement)
+    sampling_kernels_for(p).sample_probs(p, keys, row_ids, offsets, num_samples, with_replacement, tokens)
+    if bool((tokens < 0).any()):  # the one validation pass was fused into the kernel
+        _raise_for_bad_probs(p, tokens, num_samples)
     return tokens if input.ndim == 2 else tokens.view(num_samples)

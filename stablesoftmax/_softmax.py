@@ -142,6 +142,10 @@ def softmax(input: torch.Tensor, dim: int | None = -1, dtype: torch.dtype | None
     StableSoftmaxError
         For an unsupported dtype, or an explicitly chosen backend that cannot run here.
     """
+    if torch.compiler.is_compiling():
+        from . import _compiled
+
+        return _compiled.softmax(input, dim, dtype)
     return _apply(input, dim, dtype, log=False)
 
 
@@ -165,4 +169,8 @@ def log_softmax(input: torch.Tensor, dim: int | None = -1, dtype: torch.dtype | 
     torch.Tensor
         Same shape as ``input``.
     """
+    if torch.compiler.is_compiling():
+        from . import _compiled
+
+        return _compiled.log_softmax(input, dim, dtype)
     return _apply(input, dim, dtype, log=True)

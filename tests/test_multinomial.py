@@ -97,3 +97,32 @@ def test_errors_name_row_column_and_cause(backend):
         ss.multinomial(p.view(2, 2, 10), 1)
     with pytest.raises(ss.StableSoftmaxError, match="float"):
         ss.multinomial(torch.ones(3, dtype=torch.int64, device=DEVICE), 1)
+
+
+_INVALID = {"NaN": math.nan, "inf": math.inf, "negative": -0.25}
+
+
+@pytest.mark.parametrize("replacement", [True, False], ids=["replacement", "no_replacement"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kind", list(_INVALID))
+def test_invalid_entries_found_in_long_rows(backend, dtype, kind, replacement, gen):
+    """The validation fused into the kernels finds one bad entry anywhere in a long row (vector body, tail)."""
+    # long enough for split rows and many blocks (shorter for interpreted Triton); odd, so there is a vector tail
+    rows, cols = 3, 5_003 if INTERPRETED and backend == "triton" else 40_003
+    p = _probs(rows, cols, gen, dtype)
+    assert ss.multinomial(p, 2, replacement).shape == (rows, 2)
+    for row, col in [(1, cols // 2 + 9), (2, cols - 1)]:
+        bad = p.clone()
+        bad[row, col] = _INVALID[kind]
+        pattern = rf"{kind} entries in 1 of 3 rows \(rows {row}\)\. row {row}: .*first at \[{row}, {col}\]"
+        with pytest.raises(ss.StableSoftmaxError, match=pattern):
+            ss.multinomial(bad, 2, replacement)
+
+
+def test_huge_finite_weights_are_valid(backend):
+    """float32 weights near the float32 maximum: their sum overflows float32 but the row is valid."""
+    p = torch.full((2, 3000), 3e38, dtype=torch.float32)
+    p[:, 1234] = 0
+    tokens = ss.multinomial(p.to(DEVICE), 500, replacement=True)
+    assert not (tokens == 1234).any()
+    assert tokens.unique().numel() > 300

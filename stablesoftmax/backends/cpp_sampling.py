@@ -86,7 +86,7 @@ def sample_probs(
     replacement: bool,
     tokens: torch.Tensor,
 ) -> None:
-    """Draw from rows of non-negative, finite weights (validated by the caller) into ``tokens``."""
+    """Draw from rows of weights into ``tokens``; invalid or empty rows get ``-1`` (see ``torch_sampling``)."""
     p = _input(probs)
     rows, cols = p.shape
     keys, ids, offs = (_param(t, torch.int64) for t in (seed, row_id, offset))

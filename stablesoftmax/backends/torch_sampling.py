@@ -20,8 +20,10 @@ share the row and ``-inf`` entries are never chosen), ``e_i = exp(z_i)``:
    decreasing order of the key, where ``E_i = -log(u_i)``,
    ``u_i = ((w >> 8) + 0.5) * 2**-24`` (float32), ``w`` = word ``i % 4`` of counter ``c0 = i // 4``.
 5. ``T == 0`` rows are greedy: the lowest index of the maximum.
-A row with NaN, or with fewer than ``n`` candidates without replacement (or none at all),
-gets ``-1`` in the places it cannot fill; its log-probability there is NaN.
+A row with NaN (for probabilities: a negative, NaN or infinite entry), or with fewer than
+``n`` candidates without replacement (or none at all), gets ``-1`` in the places it cannot
+fill; its log-probability there is NaN. (The policy layer sends a single draw without
+replacement down the inverse-CDF path: the same distribution, far fewer random numbers.)
 """
 
 from __future__ import annotations
@@ -125,11 +127,14 @@ def sample_probs(
     replacement: bool,
     tokens: torch.Tensor,
 ) -> None:
-    """Draw from rows of non-negative, finite weights (validated by the caller) into ``tokens``."""
+    """Draw from rows of weights into ``tokens``; a row holding a negative, NaN or infinite entry, or
+    summing to zero, gets ``-1`` (as do draws past a row's non-zero entries without replacement)."""
     acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
     for r in _row_chunks(probs):
         w = probs[r].to(acc)
-        ok = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+        valid = torch.isfinite(w) & (w >= 0)
+        ok = valid.all(dim=1)
+        w = torch.where(valid, w, 0)
         tokens[r] = _draw(w, torch.log(w), ok, seed[r], row_id[r], offset[r], num_samples, replacement)
 
 

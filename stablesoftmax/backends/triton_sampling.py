@@ -241,7 +241,11 @@ def _block_kernel(
         log_w, w = _weights(x, m[:, None], tdiv[:, None], thr, minp, HAS_THR, HAS_MINP)
     positive = w > 0.0
     out = rows * nb + tl.program_id(1)
-    tl.store(sum_ptr + out, tl.sum(w.to(tl.float64), axis=1), mask=rmask)
+    block_sum = tl.sum(w.to(tl.float64), axis=1)
+    if IS_PROBS:  # a block holding a negative, NaN or infinite probability sums to NaN
+        invalid = (w < 0.0) | (w != w) | (w == float("inf"))
+        block_sum = tl.where(tl.max(invalid.to(tl.int32), axis=1) > 0, float("nan"), block_sum)
+    tl.store(sum_ptr + out, block_sum, mask=rmask)
     tl.store(last_ptr + out, tl.max(tl.where(positive, cols[None, :], -1), axis=1), mask=rmask)
     if RACE:
         seed = tl.load(seed_ptr + rows, mask=rmask, other=0)[:, None]
@@ -268,6 +272,7 @@ def _draw_kernel(
     j = tl.arange(0, NB_P2)
     jm = j < nb
     sums = tl.load(sum_ptr + row * nb + j, mask=jm, other=0.0)
+    row_invalid = tl.max((sums != sums).to(tl.int32), axis=0) > 0  # probabilities: an invalid entry
     sums = tl.where(sums < float("inf"), sums, 0.0)  # only a NaN row (its +inf hidden from the max) sums to inf
     incl = tl.cumsum(sums, axis=0)  # float64 prefix of the block sums
     total = tl.max(incl, axis=0)
@@ -309,7 +314,9 @@ def _draw_kernel(
     block_last = tl.load(last_ptr + row * nb + bc, mask=kmask, other=-1)
     idx = tl.where(in_range, tl.minimum(bc * B + inner, block_last), last_all)
     tok = tl.where(total > 0.0, idx, -1).to(tl.int64)
-    if not IS_PROBS:
+    if IS_PROBS:
+        tok = tl.where(row_invalid, -1, tok)
+    else:
         bm = tl.load(ws_max_ptr + row * nb + j, mask=jm, other=-float("inf"))
         m1 = tl.sum(m, axis=0)  # the (1,)-vector as a scalar
         nan1 = tl.sum(has_nan.to(tl.int32), axis=0) > 0
@@ -474,7 +481,8 @@ def sample_probs(
     replacement: bool,
     tokens: torch.Tensor,
 ) -> None:
-    """Draw from rows of non-negative, finite weights (validated by the caller) into ``tokens``."""
+    """Draw from rows of weights into ``tokens``; a row holding a negative, NaN or infinite entry, or
+    summing to zero, gets ``-1`` (as do draws past a row's non-zero entries without replacement)."""
     rows, cols = probs.shape
     if rows == 0:
         return
@@ -503,4 +511,5 @@ def sample_probs(
         )  # fmt: skip
         return
     assert keys is not None
-    tokens.copy_(_race_select(keys, num_samples))
+    invalid = torch.isnan(ws["sum"]).any(dim=1, keepdim=True)
+    tokens.copy_(torch.where(invalid, -1, _race_select(keys, num_samples)))
