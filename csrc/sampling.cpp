@@ -35,6 +35,8 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define SSM_SVEC 1
 #include <immintrin.h>
+
+#include "exp_avx2.h"
 #else
 #define SSM_SVEC 0
 #endif
@@ -294,15 +296,16 @@ template <class T, class W> void block_sums(const T* x, i64 c0, i64 c1, const W&
         continue;
       }
     } else {
-      // Sums only steer the search to a block (which is then rescanned with exact division), so
-      // z here is (x - m) * (1/T): within an ulp of the division, z <= 0 still.
-      const __m256 vm = _mm256_set1_ps(w.m), vr = _mm256_set1_ps(1.0f / w.t);
+      // Sums only steer the search to a block (which is then rescanned with exact division and
+      // exp8), so z here is x * (1/T) - m * (1/T) in one FMA and exp flushes below 2^-125: a few
+      // ulp from the rescan's weights, and z <= 0 up to an ulp.
+      const __m256 vr = _mm256_set1_ps(1.0f / w.t), vmr = _mm256_set1_ps(-w.m * (1.0f / w.t));
+      auto e = [&](__m256 v) { return exp256_ftz(_mm256_fmadd_ps(v, vr, vmr)); };
       for (; i + 16 <= b1; i += 16) {
-        acc0 = _mm256_add_ps(acc0, exp8<true>(_mm256_mul_ps(_mm256_sub_ps(vload(x + i), vm), vr)));
-        acc1 = _mm256_add_ps(acc1, exp8<true>(_mm256_mul_ps(_mm256_sub_ps(vload(x + i + 8), vm), vr)));
+        acc0 = _mm256_add_ps(acc0, e(vload(x + i)));
+        acc1 = _mm256_add_ps(acc1, e(vload(x + i + 8)));
       }
-      for (; i < b1; i += 8)
-        acc0 = _mm256_add_ps(acc0, exp8<true>(_mm256_mul_ps(_mm256_sub_ps(vload_tail(x + i, b1 - i, -kInf), vm), vr)));
+      for (; i < b1; i += 8) acc0 = _mm256_add_ps(acc0, e(vload_tail(x + i, b1 - i, -kInf)));
     }
     out[(b0 - c0) / kB] = hsum_d(_mm256_add_ps(acc0, acc1));
 #else
@@ -823,6 +826,22 @@ bool plain_fast(const SampleArgs& a, i64 r, float m, bool nan) {
   return a.replacement;
 }
 
+// The lowest index i with x[i] == m (m a value the row holds), or V.
+template <class T, class Acc> i64 first_index_of(const T* x, i64 V, Acc m) {
+  i64 i = 0;
+#if SSM_SVEC
+  if constexpr (!std::is_same<T, double>::value) {
+    const __m256 vm = _mm256_set1_ps(float(m));
+    for (; i + 8 <= V; i += 8) {
+      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(vload(x + i), vm, _CMP_EQ_OQ));
+      if (hit) return i + __builtin_ctz(unsigned(hit));
+    }
+  }
+#endif
+  while (i < V && !(load_as<Acc>(x + i) == m)) ++i;
+  return i;
+}
+
 // One logits row; bs: its block sums when already computed (fast path), else null.
 template <class T>
 void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs) {
@@ -841,8 +860,7 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
   const float t = a.temperature[r];
   if (t == 0) {  // greedy: lowest index of the maximum
     if (m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
-    i64 idx = 0;
-    while (idx < V && !(load_as<Acc>(x + idx) == m)) ++idx;
+    const i64 idx = first_index_of(x, V, m);
     for (i64 k = 0; k < out.n; ++k) out.set(k, idx, 0.0);
     return;
   }

@@ -113,7 +113,8 @@ def run_sampling_bench(
     shapes: list[tuple[int, int]] | None = None,
     min_run_time: float = 0.5,
 ) -> list[Result]:
-    """Time temperature sampling, top-k 50 / top-p 0.9 sampling and multinomial against torch."""
+    """Time temperature sampling, top-k 50 / top-p 0.9 sampling and multinomial (1 draw; 4 without
+    replacement) against torch."""
     device = torch.device(device)
     results = []
     for rows, cols in shapes or SAMPLING_SHAPES:
@@ -126,6 +127,8 @@ def run_sampling_bench(
              lambda x=x: sample_from_logits(x, temperature=0.7, top_k=50, top_p=0.9, validate=False), x),
             ("multinomial", lambda p=probs: torch.multinomial(p, 1), "torch.multinomial",
              lambda p=probs: multinomial(p, 1), probs),
+            ("multinomial 4 no repl.", lambda p=probs: torch.multinomial(p, 4), "torch.multinomial",
+             lambda p=probs: multinomial(p, 4), probs),
         ]  # fmt: skip
         for label, baseline, baseline_name, ours, data in cases:
             bytes_read = data.numel() * data.element_size()

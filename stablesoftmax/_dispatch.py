@@ -139,6 +139,11 @@ def requested_backend() -> str:
     return name
 
 
+# (requested backend, device type, op family) -> kernel module: the per-call fast path. Filled
+# only by successful choices, so a choice that raises is re-examined (and raises) every time.
+_chosen: dict[tuple[str, str, str], ModuleType] = {}
+
+
 def backend_for(x: DeviceLike, family: str = "softmax") -> str:
     """Name the backend a call on tensor (or device) ``x`` would use.
 
@@ -181,18 +186,20 @@ def backend_for(x: DeviceLike, family: str = "softmax") -> str:
     return "torch"
 
 
-def kernels_for(x: DeviceLike) -> ModuleType:
-    """The softmax kernel module of the backend chosen for ``x``."""
-    module = _import_status(backend_for(x))[0]
-    assert module is not None
+def kernels_for(x: torch.Tensor, family: str = "softmax") -> ModuleType:
+    """The kernel module (of op ``family``) of the backend chosen for tensor ``x``."""
+    key = (_forced.get() or os.environ.get(_ENV_VAR) or "auto", x.device.type, family)
+    module = _chosen.get(key)
+    if module is None:
+        module = _import_status(backend_for(x, family), family)[0]
+        assert module is not None
+        _chosen[key] = module
     return module
 
 
-def sampling_kernels_for(x: DeviceLike) -> ModuleType:
+def sampling_kernels_for(x: torch.Tensor) -> ModuleType:
     """The sampling kernel module of the backend chosen for ``x``."""
-    module = _import_status(backend_for(x, "sampling"), "sampling")[0]
-    assert module is not None
-    return module
+    return kernels_for(x, "sampling")
 
 
 @contextlib.contextmanager

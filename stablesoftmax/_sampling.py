@@ -9,6 +9,7 @@ The algorithm itself is documented in :mod:`stablesoftmax.backends.torch_samplin
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Union
 
@@ -44,20 +45,32 @@ def _check_num_samples(num_samples: int, op: str) -> None:
         raise StableSoftmaxError(f"{op}(): num_samples must be a positive int, not {num_samples!r}")
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(value: float | int, rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A read-only 1-D tensor of ``rows`` copies of ``value`` (kernels never write their parameters).
+
+    Decoding calls with the same scalars every step; building the tensors costs more than the
+    kernel on a batch of one.
+    """
+    return torch.full((rows,), value, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_ids(rows: int, device: torch.device) -> torch.Tensor:
+    """``0 .. rows - 1`` as int64 (read-only, cached like :func:`_constant`)."""
+    return torch.arange(rows, dtype=torch.int64, device=device)
+
+
 def _per_row(value: RowParam, rows: int, batch: torch.Size, device: torch.device, dtype: torch.dtype, name: str):
-    """A scalar or a tensor broadcastable to the batch shape, as a 1-D tensor of ``rows`` entries."""
+    """A scalar or a tensor broadcastable to the batch shape, as a contiguous 1-D tensor of ``rows`` entries."""
     if isinstance(value, torch.Tensor):
         try:
-            return value.to(device=device, dtype=dtype).expand(batch).reshape(rows)
+            return value.to(device=device, dtype=dtype).expand(batch).reshape(rows).contiguous()
         except RuntimeError as exc:
             raise StableSoftmaxError(
                 f"{name} of shape {tuple(value.shape)} does not match the batch shape {tuple(batch)}"
             ) from exc
-    return torch.full((rows,), value, dtype=dtype, device=device)
-
-
-def _row_ids(rows: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(rows, dtype=torch.int64, device=device)
+    return _constant(value, rows, dtype, device)
 
 
 def _random_stream(
@@ -75,16 +88,19 @@ def _random_stream(
     if isinstance(seed, torch.Tensor):  # per-row seeds: each row keyed by its own seed alone
         if seed.dtype.is_floating_point or seed.dtype.is_complex:
             raise StableSoftmaxError(f"seed must be an int or an integer tensor, not {seed.dtype}")
-        return _per_row(seed, rows, batch, device, torch.int64, "seed"), torch.zeros_like(offsets), offsets
+        keys = _per_row(seed, rows, batch, device, torch.int64, "seed")
+        return keys, _constant(0, rows, torch.int64, device), offsets
     if seed is None:  # draw the call's seed from the generator, so manual_seed reproduces the run
         gen_device = generator.device if generator is not None else device
         drawn = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator, device=gen_device)
-        keys = drawn.to(device).expand(rows)
+        keys = drawn.to(device)
+        if rows > 1:
+            keys = keys.expand(rows).contiguous()
     else:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise StableSoftmaxError(f"seed must be an int or an int64 tensor, not {type(seed).__name__}")
         seed = (seed + 2**63) % 2**64 - 2**63  # any int, wrapped to int64 (uint64 seeds welcome)
-        keys = torch.full((rows,), seed, dtype=torch.int64, device=device)
+        keys = _constant(seed, rows, torch.int64, device)
     return keys, _row_ids(rows, device), offsets
 
 
@@ -105,9 +121,9 @@ def _raise_for_bad_rows(
     x: torch.Tensor, tokens: torch.Tensor, num_samples: int, replacement: bool, has_filters: bool
 ) -> None:
     """Turn the kernels' -1 into the SPEC's error (one device sync, only when validating)."""
-    bad = (tokens < 0).any(dim=1)
-    if not bool(bad.any()):
+    if int(tokens.min()) >= 0:
         return
+    bad = (tokens < 0).any(dim=1)
     op = "sample_from_logits"
     bad_rows = bad.nonzero().flatten().tolist()
     nan_rows = [r for r in bad_rows if bool(torch.isnan(x[r]).any())]
@@ -385,6 +401,6 @@ def multinomial(
     tokens = torch.empty((rows, num_samples), dtype=torch.int64, device=p.device)
     with_replacement = _draw_with_replacement(num_samples, replacement)
     sampling_kernels_for(p).sample_probs(p, keys, row_ids, offsets, num_samples, with_replacement, tokens)
-    if bool((tokens < 0).any()):  # the one validation pass was fused into the kernel
+    if int(tokens.min()) < 0:  # the one validation pass was fused into the kernel
         _raise_for_bad_probs(p, tokens, num_samples)
     return tokens if input.ndim == 2 else tokens.view(num_samples)

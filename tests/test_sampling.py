@@ -267,8 +267,8 @@ def test_backends_return_the_same_tokens(params, dtype, gen):
     from conftest import BACKENDS
 
     x = _logits(16, 3000, gen, dtype=dtype)
-    per_backend = _tokens_per_backend(lambda: ss.sample_from_logits(x, seed=77, offset=3, **params), _available(BACKENDS))
-    _assert_agree(per_backend)
+    draw = lambda: ss.sample_from_logits(x, seed=77, offset=3, **params)  # noqa: E731
+    _assert_agree(_tokens_per_backend(draw, _available(BACKENDS)))
 
 
 @pytest.mark.parametrize("replacement", [True, False], ids=["replacement", "no_replacement"])

@@ -60,8 +60,8 @@ def test_dtype_argument(backend, in_dtype, out_dtype, log, gen):
 @pytest.mark.parametrize("shape", LONG_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 def test_long_rows(backend, shape, dtype, gen):
-    if _too_slow(backend, shape):
-        pytest.skip("interpreted Triton: covered by test_matches_float64_reference at smaller sizes")
+    if _too_slow(backend, shape):  # interpreted Triton: one row of the full length
+        shape = (1, shape[1])
     x = _random(shape, dtype, gen, scale=10.0)
     for log in (False, True):
         assert_close_to_reference(_op(log)(x, -1), reference(x, -1, log), log)

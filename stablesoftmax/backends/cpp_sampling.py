@@ -17,8 +17,8 @@ _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.flo
 
 def _param(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """A per-row parameter as a contiguous CPU tensor of ``dtype`` (None stays None)."""
-    if t is None:
-        return None
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
     return t.to(dtype=dtype).contiguous()
 
 
