@@ -55,36 +55,6 @@ inline __m256 tail_mask(std::int64_t n) {
   return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
 }
 
-// exp(x) for float32 lanes, ~1-2 ulp over the whole range, subnormal results exact-rounded:
-// x = n*ln2 + r with |r| <= ln2/2 (two-constant Cody-Waite, FMA), e^r by a degree-7 Taylor
-// polynomial (truncation < 1e-8 relative), then e^r * 2^a * 2^b with a + b = n: both factors are
-// normal numbers, so the first product is exact and only the last one rounds (also when the result
-// is subnormal). x <= -104 gives 0 (exp(-104) is below half the smallest subnormal), -inf -> 0,
-// x >= 88.8 gives inf, NaN stays NaN (min/max return their second operand when it is NaN).
-inline __m256 exp256(__m256 x) {
-  x = _mm256_min_ps(_mm256_set1_ps(88.8f), x);
-  x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);  // ln2 high part (exact n*hi)
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723e-06f), r);    // ln2 low part
-  __m256 p = _mm256_set1_ps(1.0f / 5040);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const __m256i a = _mm256_srai_epi32(ni, 1);
-  const __m256i b = _mm256_sub_epi32(ni, a);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 sa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(a, bias), 23));
-  const __m256 sb = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(b, bias), 23));
-  return _mm256_mul_ps(_mm256_mul_ps(p, sa), sb);
-}
-
 // exp for values written to (or staged for) an output of type Out: bfloat16 outputs keep exp256,
 // whose subnormal results they can represent; the others take exp256_ftz (exp_avx2.h).
 template <class Out> inline __m256 exp_for(__m256 x) {
