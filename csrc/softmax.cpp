@@ -84,7 +84,7 @@ template <class Out> void write_scaled_k(const float* stage, std::int64_t n, dou
 
 template <class In, class Out, class Acc> const ForwardKernels* forward_table() {
   static const ForwardKernels k = {&max_k<In, Acc>, &sum_exp_k<In, Acc>, &write_exp_k<In, Out, Acc>,
-                                   &write_log_k<In, Out, Acc>, &write_scaled_k<Out>};
+                                   &write_log_k<In, Out, Acc>, &write_scaled_k<Out>, nullptr, nullptr};
   return &k;
 }
 
@@ -212,6 +212,7 @@ const BackwardKernels* select_backward(int y_dtype, int g_dtype, int out_dtype, 
 constexpr std::int64_t kInlineElems = 16384;   // smaller problems stay on the calling thread
 constexpr std::int64_t kMinThreadElems = 8192;  // at least this much work per thread
 constexpr std::int64_t kMinChunk = 4096;        // smallest column chunk when a row is split
+constexpr std::int64_t kMaxSharedStage = std::int64_t(8) << 20;  // bytes of stage for split rows
 
 float* thread_scratch(std::int64_t n) {
   thread_local std::vector<float> buf;
@@ -222,7 +223,10 @@ float* thread_scratch(std::int64_t n) {
 // Runs a row problem P over rows x cols. P provides
 //   Partial reduce(row, c0, n, scratch)                  partial statistics of columns [c0, c0+n)
 //   void write(row, c0, n, parts, nparts, self, scratch) output for those columns, given all partials
-//   bool wants_scratch                                   a per-thread float buffer of `cols` for whole rows
+//   bool wants_scratch                                   a float stage buffer: per thread of `cols` for
+//                                                        whole rows; for split rows, one of rows x cols
+//                                                        owned by the calling thread (up to 8 MiB;
+//                                                        the calling thread waits for the workers)
 // With enough rows, threads take contiguous groups of whole rows. With few rows (e.g. one decoding
 // row), each row is split into column chunks: phase 1 computes every chunk's partial, phase 2
 // combines a row's partials and writes each chunk; both phases use all threads.
@@ -236,13 +240,16 @@ void drive(P& p, std::int64_t rows, std::int64_t cols, int nthreads) {
   if (t > 1 && rows < 2 * t && chunks > 1) {
     auto bound = [&](std::int64_t j) { return j == chunks ? cols : (cols * j / chunks) & ~std::int64_t(63); };
     std::vector<Partial> parts(std::size_t(rows * chunks));
+    const bool shared = p.wants_scratch && rows * cols * std::int64_t(sizeof(float)) <= kMaxSharedStage;
+    float* stage = shared ? thread_scratch(rows * cols) : nullptr;
+    auto stage_at = [&](std::int64_t r, std::int64_t c0) { return stage ? stage + r * cols + c0 : nullptr; };
     parallel_for(int(t), rows * chunks, [&](std::int64_t i) {
       const std::int64_t r = i / chunks, j = i % chunks, c0 = bound(j);
-      parts[std::size_t(i)] = p.reduce(r, c0, bound(j + 1) - c0, nullptr);
+      parts[std::size_t(i)] = p.reduce(r, c0, bound(j + 1) - c0, stage_at(r, c0));
     });
     parallel_for(int(t), rows * chunks, [&](std::int64_t i) {
       const std::int64_t r = i / chunks, j = i % chunks, c0 = bound(j);
-      p.write(r, c0, bound(j + 1) - c0, &parts[std::size_t(r * chunks)], int(chunks), int(j), nullptr);
+      p.write(r, c0, bound(j + 1) - c0, &parts[std::size_t(r * chunks)], int(chunks), int(j), stage_at(r, c0));
     });
     return;
   }
@@ -320,8 +327,26 @@ struct ForwardProblem {
     return stage_in_out ? reinterpret_cast<float*>(out_at(r, c0)) : scratch;
   }
 
+  // Whole rows take the one-pass `online` kernel when the ISA has it (reduce and write of a whole
+  // row run on the same thread, one after the other, so the block maxima can live in a
+  // thread-local buffer between them).
+  bool online(std::int64_t n) const { return k->online != nullptr && n == a.cols; }
+  static float* block_maxima(std::int64_t n) {
+    thread_local std::vector<float> buf;
+    const std::size_t blocks = std::size_t((n + kOnlineBlock - 1) / kOnlineBlock);
+    if (buf.size() < blocks) buf.resize(blocks);
+    return buf.data();
+  }
+
   Partial reduce(std::int64_t r, std::int64_t c0, std::int64_t n, float* scratch) const {
     const void* x = in_at(r, c0);
+    if (online(n)) {
+      double m = 0, s = 0;
+      k->online(x, n, stage_for(r, c0, scratch), block_maxima(n), &m, &s);
+      if (std::isnan(m)) return {m, kNaN};
+      if (m == kInf) return {m, count_pos_inf(x, a.in_dtype, n)};
+      return {m, s};  // s = sum exp(x - m); 0 for a row of only -inf
+    }
     const double m = k->max(x, n);
     if (std::isnan(m)) return {m, kNaN};
     if (m == kInf) return {m, count_pos_inf(x, a.in_dtype, n)};
@@ -358,7 +383,8 @@ struct ForwardProblem {
     } else if (float* stage = stage_for(r, c0, scratch)) {
       // stage holds exp(x - own shift); an all -inf segment staged zeros (and must not scale by e^-c).
       const Partial& own = parts[self];
-      k->write_scaled(stage, n, own.s == 0 ? 0.0 : std::exp(shift_of(own.m) - c) / s, out);
+      if (online(n) && own.s != 0) k->write_blocks(stage, block_maxima(n), n, c, 1.0 / s, out);
+      else k->write_scaled(stage, n, own.s == 0 ? 0.0 : std::exp(shift_of(own.m) - c) / s, out);
     } else {
       k->write_exp(x, n, c, 1.0 / s, out);
     }

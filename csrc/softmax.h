@@ -106,7 +106,15 @@ struct ForwardKernels {
   void (*write_log)(const void* x, std::int64_t n, double c, double k, void* out);
   // out_i = stage_i * k   (stage may alias out when out is float32)
   void (*write_scaled)(const float* stage, std::int64_t n, double k, void* out);
+  // Optional (null in the scalar table): one pass instead of max then sum_exp. Per block j of
+  // kOnlineBlock elements, its max b_j into block_max and, when stage is non-null,
+  // exp(x_i - b_j) into stage (0 for an all -inf block); *m = the max, *s = sum_i exp(x_i - m).
+  // Stops early with *m = NaN (a NaN seen) or +inf (a +inf seen): the caller takes the general path.
+  void (*online)(const void* x, std::int64_t n, float* stage, float* block_max, double* m, double* s);
+  // out_i = stage_i * exp(b_j - m) * k for i in block j (the stage written by `online`).
+  void (*write_blocks)(const float* stage, const float* block_max, std::int64_t n, double m, double k, void* out);
 };
+constexpr std::int64_t kOnlineBlock = 512;
 
 struct BackwardKernels {
   // softmax: sum_i g_i * y_i ; log_softmax: sum_i g_i

@@ -168,9 +168,48 @@ template <class Out> void write_scaled_k(const float* stage, std::int64_t n, dou
   map8(n, static_cast<Out*>(out), [=](__m256 v) { return _mm256_mul_ps(v, vk); }, stage);
 }
 
+// One pass over the segment, block by block: each block is read from memory once for its max and
+// again from L1 for its exponentials; the running sum is rescaled in double when the max grows.
+template <class In, class Out>
+void online_k(const void* xv, std::int64_t n, float* stage, float* block_max, double* m_out, double* s_out) {
+  const In* x = static_cast<const In*>(xv);
+  double m = -INFINITY, s = 0;
+  for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kOnlineBlock, ++j) {
+    const std::int64_t len = std::min(kOnlineBlock, n - b0);
+    const double bm = max_k<In>(x + b0, len);
+    if (std::isnan(bm) || bm == INFINITY) {
+      *m_out = bm;
+      *s_out = 0;
+      return;
+    }
+    block_max[j] = float(bm);
+    if (bm == -INFINITY) {
+      if (stage) std::memset(stage + b0, 0, std::size_t(len) * sizeof(float));
+      continue;
+    }
+    const double bs = sum_exp_k<In, Out>(x + b0, len, bm, stage ? stage + b0 : nullptr);
+    if (bm > m) {
+      s = s * std::exp(m - bm) + bs;
+      m = bm;
+    } else {
+      s += bs * std::exp(bm - m);
+    }
+  }
+  *m_out = m;
+  *s_out = s;
+}
+
+template <class Out>
+void write_blocks_k(const float* stage, const float* block_max, std::int64_t n, double m, double k, void* out) {
+  for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kOnlineBlock, ++j) {
+    const double factor = block_max[j] == -INFINITY ? 0.0 : std::exp(double(block_max[j]) - m) * k;
+    write_scaled_k<Out>(stage + b0, std::min(kOnlineBlock, n - b0), factor, static_cast<Out*>(out) + b0);
+  }
+}
+
 template <class In, class Out> const ForwardKernels* forward_table() {
   static const ForwardKernels k = {&max_k<In>, &sum_exp_k<In, Out>, &write_exp_k<In, Out>, &write_log_k<In, Out>,
-                                   &write_scaled_k<Out>};
+                                   &write_scaled_k<Out>, &online_k<In, Out>, &write_blocks_k<Out>};
   return &k;
 }
 

@@ -115,15 +115,20 @@ def test_non_finite_table(backend, dtype):
     assert y[7].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0] and logy[7, 2] == 0
 
 
-def test_non_finite_in_long_rows(backend):
-    """The rules hold when the special entries sit in different blocks of a long row."""
-    x = torch.randn(4, 70_000, device=DEVICE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_non_finite_in_long_rows(backend, dtype, gen):
+    """The rules hold when the special entries sit in different blocks of a long row, for whole rows
+    and for rows split across threads (one row at a time)."""
+    x = torch.randn(4, 70_000, generator=gen).to(dtype).to(DEVICE)
     x[0, 123], x[0, 65_000] = INF, INF
     x[1, 69_999] = NAN
     x[2] = -INF
     x[3, :60_000] = -INF
     for log in (False, True):
         assert_close_to_reference(_op(log)(x, -1), reference(x, -1, log), log)
+        for row in (0, 3):
+            single = x[row : row + 1]
+            assert_close_to_reference(_op(log)(single, -1), reference(single, -1, log), log)
 
 
 def test_empty_and_zero_dim(backend):
