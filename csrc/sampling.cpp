@@ -842,6 +842,34 @@ template <class T, class Acc> i64 first_index_of(const T* x, i64 V, Acc m) {
   return i;
 }
 
+// The plain case in one pass over the row (each block read from memory once for its max, then
+// from L1 for its exponentials): the row max m, whether the row holds a NaN, and the block sums of
+// exp((x - m) / t), each taken against its own block's max and rescaled at the end. The sums are
+// meaningful only when !nan and m is finite (the caller checks with plain_fast).
+template <class T> void max_and_block_sums(const T* x, i64 V, float t, double* bs, float& m, bool& nan) {
+  const i64 nb = (V + kB - 1) / kB;
+  thread_local std::vector<float> bmax;
+  bmax.resize(std::size_t(nb));
+  m = -kInf;
+  nan = false;
+  for (i64 b = 0; b < nb; ++b) {
+    const i64 b0 = b * kB, n = std::min(kB, V - b0);
+    float& bm = bmax[std::size_t(b)];
+    bool block_nan = false;
+    row_max(x + b0, n, bm, block_nan);
+    nan |= block_nan;
+    m = std::max(m, bm);
+    if (bm > -kInf && bm < kInf) block_sums(x, b0, b0 + n, LogitW{bm, t}, bs + b);
+    else bs[b] = 0;
+  }
+  if (nan || !std::isfinite(m)) return;
+  const double r = 1.0 / double(t);
+  for (i64 b = 0; b < nb; ++b) {
+    const float bm = bmax[std::size_t(b)];
+    bs[b] = bm == -kInf ? 0.0 : bs[b] * std::exp((double(bm) - double(m)) * r);
+  }
+}
+
 // One logits row; bs: its block sums when already computed (fast path), else null.
 template <class T>
 void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs) {
@@ -954,6 +982,14 @@ template <class T> void run(const SampleArgs& a) {
       if (a.probs) return probs_row<T>(a, r, nullptr);
       float m = 0;
       bool nan = false;
+      if constexpr (!std::is_same<T, double>::value) {
+        if (plain_fast(a, r, 0.0f, false)) {  // the parameters allow the fast path: one pass
+          thread_local std::vector<double> sums;
+          sums.resize(std::size_t((V + kB - 1) / kB));
+          max_and_block_sums(row_ptr<T>(a, r), V, a.temperature[r], sums.data(), m, nan);
+          return logits_row<T>(a, r, m, nan, plain_fast(a, r, m, nan) ? sums.data() : nullptr);
+        }
+      }
       if (!std::is_same<T, double>::value) row_max(row_ptr<T>(a, r), V, m, nan);
       else {
         for (i64 i = 0; i < V; ++i) if (std::isnan(load_as<double>(row_ptr<T>(a, r) + i))) { nan = true; break; }
