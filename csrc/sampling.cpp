@@ -54,7 +54,7 @@ using u32 = std::uint32_t;
 
 constexpr i64 kB = 512;                 // block length for the block sums
 constexpr float kZCut = -103.97f;       // exp(z) > 0 in float32 exactly when z >= kZCut (our exp)
-constexpr float kRaceSlack = 17.5f;     // -log(E) <= 17.33 for every E the race can draw
+constexpr float kRaceSlack = 17.5f;     // -log(E) <= 16.7 for every E the race can draw (u <= 1 - 2^-24)
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -74,7 +74,8 @@ struct Rng {
     philox4x32_10(key, c);
     return double(c[0]) * 0x1p-32;
   }
-  // The race's 24-bit draw for entry i: word i % 4 of counter c0 = i / 4, shifted right by 8.
+  // The race's 23-bit draw for entry i: word i % 4 of counter c0 = i / 4, shifted right by 9 (so
+  // that u = (bits + 0.5) * 2^-23 has 24 significant bits: exact in float32, and never 1).
   u32 race_bits(i64 i) {
     const i64 g = i >> 2;
     if (g != cached) {
@@ -82,13 +83,13 @@ struct Rng {
       philox4x32_10(key, w);
       cached = g;
     }
-    return w[i & 3] >> 8;
+    return w[i & 3] >> 9;
   }
   // 1 - u_i exactly (a lower bound on E_i = -log(u_i)).
-  double one_minus_u(i64 i) { return (16777216.0 - 0.5 - double(race_bits(i))) * 0x1p-24; }
+  double one_minus_u(i64 i) { return (8388608.0 - 0.5 - double(race_bits(i))) * 0x1p-23; }
   // log(E_i), E_i = -log(u_i): the race's per-entry draw (float32, as the reference).
   float log_exponential(i64 i) {
-    const float u = (float(race_bits(i)) + 0.5f) * 0x1p-24f;
+    const float u = (float(race_bits(i)) + 0.5f) * 0x1p-23f;
     const float e = -std::log(u);
     return std::log(e);
   }
@@ -180,16 +181,16 @@ inline void philox8(std::uint64_t key, __m256i& x0, __m256i& x1, __m256i& x2, __
   }
 }
 
-// The race's 24-bit draws (Rng::race_bits) of entries i0 .. i0 + 31 (i0 a multiple of 4), in entry order.
+// The race's 23-bit draws (Rng::race_bits) of entries i0 .. i0 + 31 (i0 a multiple of 4), in entry order.
 inline void race_bits32(const Rng& rng, i64 i0, u32* out) {
   __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(int(u32(i0 >> 2))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   __m256i x1 = _mm256_set1_epi32(int(rng.c1)), x2 = _mm256_set1_epi32(int(rng.c2)), x3 = _mm256_set1_epi32(int(rng.c3));
   philox8(rng.key, x0, x1, x2, x3);
   alignas(32) u32 words[4][8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(words[0]), _mm256_srli_epi32(x0, 8));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(words[1]), _mm256_srli_epi32(x1, 8));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(words[2]), _mm256_srli_epi32(x2, 8));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(words[3]), _mm256_srli_epi32(x3, 8));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(words[0]), _mm256_srli_epi32(x0, 9));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(words[1]), _mm256_srli_epi32(x1, 9));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(words[2]), _mm256_srli_epi32(x2, 9));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(words[3]), _mm256_srli_epi32(x3, 9));
   for (int k = 0; k < 8; ++k)
     for (int j = 0; j < 4; ++j) out[4 * k + j] = words[j][k];
 }
@@ -609,8 +610,8 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
       race_bits32(rng, bits_at, bits);
     }
     const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(bits + (i0 & 31)));
-    const __m256 omu = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_set1_epi32(16777215), b)),
-                                     _mm256_set1_ps(0x1p-24f));  // <= 1 - u
+    const __m256 omu = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_set1_epi32(8388607), b)),
+                                     _mm256_set1_ps(0x1p-23f));  // <= 1 - u
     __m256 bound_w;
     if constexpr (kProbs) {
       (void)z;

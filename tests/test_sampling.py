@@ -287,3 +287,14 @@ def test_backends_agree_on_long_rows_and_multinomial(replacement, gen):
         return ss.multinomial(p, 8, replacement)
 
     _assert_agree(_tokens_per_backend(draw, backends))
+
+
+def test_race_uniforms_stay_inside_the_open_interval():
+    """Every Philox word maps to 0 < u < 1 exactly, so no entry gets an infinite race key."""
+    from stablesoftmax.backends.torch_sampling import race_uniform
+
+    words = torch.tensor([0, 1, 511, 512, 2**31, 2**32 - 512, 2**32 - 1], dtype=torch.int64)
+    u = race_uniform(words)
+    assert (u > 0).all() and (u < 1).all()
+    assert torch.isfinite(torch.log(-torch.log(u))).all()
+    assert u[-1].item() == 1 - 2**-24 and u[0].item() == 2**-24  # the extremes, exact

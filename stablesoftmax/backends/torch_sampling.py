@@ -18,7 +18,8 @@ share the row and ``-inf`` entries are never chosen), ``e_i = exp(z_i)``:
    Without replacement (exponential race), the samples are the ``n`` kept entries with
    the largest key ``z_i - log E_i`` (``log p_i - log E_i`` for probabilities), in
    decreasing order of the key, where ``E_i = -log(u_i)``,
-   ``u_i = ((w >> 8) + 0.5) * 2**-24`` (float32), ``w`` = word ``i % 4`` of counter ``c0 = i // 4``.
+   ``u_i = ((w >> 9) + 0.5) * 2**-23`` (float32: 24 significant bits, exact, so ``0 < u < 1`` and
+   ``E > 0``), ``w`` = word ``i % 4`` of counter ``c0 = i // 4``.
 5. ``T == 0`` rows are greedy: the lowest index of the maximum.
 A row with NaN (for probabilities: a negative, NaN or infinite entry), or with fewer than
 ``n`` candidates without replacement (or none at all), gets ``-1`` in the places it cannot
@@ -32,7 +33,7 @@ import torch
 
 from .torch_softmax import _row_max, _shifted, chunks
 
-__all__ = ["philox", "sample_probs", "sample_rows", "uniform_per_sample"]
+__all__ = ["philox", "race_uniform", "sample_probs", "sample_rows", "uniform_per_sample"]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
@@ -82,8 +83,16 @@ def _exponentials(seed: torch.Tensor, row_id: torch.Tensor, offset: torch.Tensor
     c1, c2, c3 = (t[:, None] for t in _counters(row_id, offset))
     c0 = torch.arange((cols + 3) // 4, device=seed.device, dtype=torch.int64)[None, :]
     words = torch.stack(philox(seed[:, None], c0, c1, c2, c3), dim=-1).flatten(1)[:, :cols]
-    u = ((words >> 8).to(torch.float32) + 0.5) * 2.0**-24  # (0, 1), exact in float32
-    return -torch.log(u)
+    return -torch.log(race_uniform(words))
+
+
+def race_uniform(words: torch.Tensor) -> torch.Tensor:
+    """The race's uniforms from Philox words: ``((w >> 9) + 0.5) * 2**-23`` in float32.
+
+    24 significant bits, so every value is exact and ``0 < u < 1``: ``E = -log(u) > 0``. (With
+    ``(w >> 8) + 0.5`` the top value rounds to 1 in float32, ``E = 0`` and a key of ``+inf``.)
+    """
+    return ((words >> 9).to(torch.float32) + 0.5) * 2.0**-23
 
 
 def _draw(

@@ -255,7 +255,7 @@ def _block_kernel(
         r0, r1, r2, r3 = _stream(seed, rid, off, c0)
         word = cols[None, :] % 4
         bits = tl.where(word == 0, r0, tl.where(word == 1, r1, tl.where(word == 2, r2, r3)))
-        u = ((bits >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
+        u = ((bits >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2**-23: exact, in (0, 1)
         log_e = tl.log(-tl.log(u))
         key = tl.where(positive, log_w - log_e.to(log_w.dtype), -float("inf"))
         tl.store(key_ptr + rows[:, None] * V + cols[None, :], key, mask=msk)
