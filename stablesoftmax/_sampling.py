@@ -45,20 +45,37 @@ def _check_num_samples(num_samples: int, op: str) -> None:
         raise StableSoftmaxError(f"{op}(): num_samples must be a positive int, not {num_samples!r}")
 
 
+def _capturing(device: torch.device) -> bool:
+    """A CUDA graph is being captured: a tensor made now is filled only when the graph replays."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 @functools.lru_cache(maxsize=64)
+def _cached_constant(value: float | int, rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.full((rows,), value, dtype=dtype, device=device)
+
+
 def _constant(value: float | int, rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A read-only 1-D tensor of ``rows`` copies of ``value`` (kernels never write their parameters).
 
     Decoding calls with the same scalars every step; building the tensors costs more than the
-    kernel on a batch of one.
+    kernel on a batch of one, so they are cached (never from inside a CUDA-graph capture).
     """
-    return torch.full((rows,), value, dtype=dtype, device=device)
+    if _capturing(device):
+        return torch.full((rows,), value, dtype=dtype, device=device)
+    return _cached_constant(value, rows, dtype, device)
 
 
 @functools.lru_cache(maxsize=16)
+def _cached_row_ids(rows: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(rows, dtype=torch.int64, device=device)
+
+
 def _row_ids(rows: int, device: torch.device) -> torch.Tensor:
     """``0 .. rows - 1`` as int64 (read-only, cached like :func:`_constant`)."""
-    return torch.arange(rows, dtype=torch.int64, device=device)
+    if _capturing(device):
+        return torch.arange(rows, dtype=torch.int64, device=device)
+    return _cached_row_ids(rows, device)
 
 
 def _per_row(value: RowParam, rows: int, batch: torch.Size, device: torch.device, dtype: torch.dtype, name: str):

@@ -298,3 +298,32 @@ def test_race_uniforms_stay_inside_the_open_interval():
     assert (u > 0).all() and (u < 1).all()
     assert torch.isfinite(torch.log(-torch.log(u))).all()
     assert u[-1].item() == 1 - 2**-24 and u[0].item() == 2**-24  # the extremes, exact
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs and CUDA graphs exist on CUDA only")
+def test_validate_false_never_syncs_and_captures_in_a_cuda_graph(gen):
+    """SPEC: with validate=False nothing is checked on the host (no device sync, CUDA-graph safe)."""
+    x = _logits(8, 32_000, gen, dtype=torch.float16)
+    seeds = torch.arange(100, 108, device=DEVICE)
+    cases = [
+        {},
+        {"temperature": 0.7, "top_k": 50, "top_p": 0.9},
+        {"min_p": 0.1},
+        {"num_samples": 3, "replacement": False},
+    ]
+    for params in cases:  # warm up: kernels compiled, caches filled
+        ss.sample_from_logits(x, seed=seeds, validate=False, **params)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for params in cases:
+            ss.sample_from_logits(x, seed=seeds, validate=False, **params)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for params in cases:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = ss.sample_from_logits(x, seed=seeds, validate=False, **params)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, ss.sample_from_logits(x, seed=seeds, validate=False, **params))
