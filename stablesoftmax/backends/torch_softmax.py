@@ -60,10 +60,12 @@ def _row_max(x: torch.Tensor, col_chunk: int, acc: torch.dtype) -> torch.Tensor:
 
 def _shifted(x: torch.Tensor, m: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """``s = x - m`` under the shift rule of the module docstring, in dtype ``acc``."""
-    xf = x.to(acc)
-    shifted = xf - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    inf_mask = torch.where(xf == float("inf"), 0.0, -float("inf")).to(acc)
-    return torch.where(m == float("inf"), inf_mask, shifted)
+    shifted = torch.sub(x, torch.where(torch.isfinite(m), m, 0.0).to(acc))  # promotes x to acc: one pass
+    if shifted.dtype != acc:  # x wider than acc cannot happen; narrower promotes above
+        shifted = shifted.to(acc)
+    # rows whose max is +inf: 0 on their +inf entries (there s = x - 0 = +inf), -inf elsewhere
+    inf_row = m == float("inf")
+    return torch.where(inf_row, torch.where(shifted == float("inf"), 0.0, -float("inf")), shifted)
 
 
 def _ones_and_rest(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +99,12 @@ def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
         m = _row_max(xr, col_chunk, acc)
         if col_chunk == cols:  # the whole row fits: one pass over exp
             s = _shifted(xr, m, acc)
-            _finish(s, _total(*_ones_and_rest(s.exp())), outr, log)
+            if log:
+                _finish(s, _total(*_ones_and_rest(s.exp())), outr, log)
+            else:  # only log_softmax needs the k + T split of the sum
+                e = s.exp_()
+                total = e.sum(dim=1, keepdim=True)
+                outr.copy_(e.div_(torch.where(total == 0, 1.0, total)))
             continue
         ones, rest = torch.zeros_like(m), torch.zeros_like(m)
         for c0 in range(0, cols, col_chunk):
