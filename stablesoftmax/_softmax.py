@@ -46,6 +46,8 @@ def _normalize_dim(dim: int | None, ndim: int, op: str) -> int:
 
 def _as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
     """A 2-D ``(rows, cols)`` view (or copy) of ``x`` with dimension ``dim`` last and unit stride."""
+    if x.ndim == 2 and dim == 1 and (x.stride(1) == 1 or x.shape[1] <= 1):  # the common call: x itself
+        return x
     if x.ndim == 0:
         return x.reshape(1, 1)
     moved = x.movedim(dim, -1)
@@ -59,14 +61,10 @@ def _forward(input: torch.Tensor, dim: int, out_dtype: torch.dtype, log: bool) -
     if input.numel() == 0:
         return torch.empty_like(input, dtype=out_dtype)
     kernels = kernels_for(input)
-    if input.ndim == 2 and dim == 1 and (input.stride(1) == 1 or input.shape[1] <= 1):  # the common call, no views
-        out = torch.empty_like(input, dtype=out_dtype, memory_format=torch.contiguous_format)
-        kernels.softmax_forward(input, out, log)
-        return out
     x = _as_rows(input, dim)
     if dim == input.ndim - 1 or input.ndim == 0:
-        out = torch.empty(input.shape, dtype=out_dtype, device=input.device)
-        kernels.softmax_forward(x, out.view(x.shape), log)
+        out = torch.empty_like(input, dtype=out_dtype, memory_format=torch.contiguous_format)
+        kernels.softmax_forward(x, out if out.ndim == 2 else out.view(x.shape), log)
         return out
     rows = torch.empty(x.shape, dtype=out_dtype, device=input.device)
     kernels.softmax_forward(x, rows, log)
