@@ -817,8 +817,9 @@ RowOut row_out(const SampleArgs& a, i64 r) {
 }
 
 // Whether a logits row takes the block-sum fast path (given its max and NaN flag).
-bool plain_fast(const SampleArgs& a, i64 r, float m, bool nan) {
-  if (a.dtype == kF64 || nan || !std::isfinite(m)) return false;
+// Row r draws with replacement at a finite temperature > 0 with no filter on (float storage)...
+bool plain_params(const SampleArgs& a, i64 r) {
+  if (a.dtype == kF64) return false;
   const float t = a.temperature[r];
   if (!(t > 0) || !std::isfinite(t)) return false;
   if (a.top_k && a.top_k[r] > 0 && a.top_k[r] < a.cols) return false;
@@ -826,6 +827,9 @@ bool plain_fast(const SampleArgs& a, i64 r, float m, bool nan) {
   if (a.min_p && !(a.min_p[r] <= 0)) return false;
   return a.replacement;
 }
+
+// ... and its logits hold no NaN and have a finite max: block sums and an inverse-CDF draw suffice.
+bool plain_fast(const SampleArgs& a, i64 r, float m, bool nan) { return !nan && std::isfinite(m) && plain_params(a, r); }
 
 // The lowest index i with x[i] == m (m a value the row holds), or V.
 template <class T, class Acc> i64 first_index_of(const T* x, i64 V, Acc m) {
@@ -984,7 +988,7 @@ template <class T> void run(const SampleArgs& a) {
       float m = 0;
       bool nan = false;
       if constexpr (!std::is_same<T, double>::value) {
-        if (plain_fast(a, r, 0.0f, false)) {  // the parameters allow the fast path: one pass
+        if (plain_params(a, r)) {  // the fast path in one pass, if the row's values allow it
           thread_local std::vector<double> sums;
           sums.resize(std::size_t((V + kB - 1) / kB));
           max_and_block_sums(row_ptr<T>(a, r), V, a.temperature[r], sums.data(), m, nan);
