@@ -214,9 +214,10 @@ def _check_int(value: Any, name: str) -> None:
         raise StableSoftmaxError(f"{name} must be an int or an int64 tensor, not {type(value).__name__}")
 
 
-def _check_float(value: Any, name: str) -> None:
+def _as_float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise StableSoftmaxError(f"{name} must be a float or a float tensor, not {type(value).__name__}")
+    return float(value)
 
 
 def _sample_eager(*args: Any, **kwargs: Any) -> Any:
@@ -265,22 +266,14 @@ def sample_from_logits(
     min_p_t, min_p_v = _split(min_p)
     seed_t, seed_v = _split(seed)
     offset_t, offset_v = _split(offset)
-    if temperature_t is None:
-        _check_float(temperature_v, "temperature")
-        temperature_v = float(temperature_v) if isinstance(temperature_v, int) else temperature_v
-    else:
-        temperature_v = 1.0  # unused: the tensor is passed
+    temperature_v = 1.0 if temperature_t is not None else _as_float(temperature_v, "temperature")  # 1.0: unused
     if top_k_v is not None and (isinstance(top_k_v, bool) or not isinstance(top_k_v, int)):
         raise StableSoftmaxError(f"top_k must be a non-negative int or an int tensor, got {top_k_v!r}")
-    if top_p_v is not None:
-        _check_float(top_p_v, "top_p")
-        top_p_v = float(top_p_v) if isinstance(top_p_v, int) else top_p_v
-    if min_p_v is not None:
-        _check_float(min_p_v, "min_p")
-        min_p_v = float(min_p_v) if isinstance(min_p_v, int) else min_p_v
+    top_p_v = None if top_p_v is None else _as_float(top_p_v, "top_p")
+    min_p_v = None if min_p_v is None else _as_float(min_p_v, "min_p")
     if seed_v is not None:
         _check_int(seed_v, "seed")
-        seed_v = (seed_v + 2**63) % 2**64 - 2**63  # as eager: any int, wrapped to int64
+        seed_v = _sampling.wrap_int64(seed_v)  # as eager
     if offset_t is None:
         _check_int(offset_v, "offset")
     else:

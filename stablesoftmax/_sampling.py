@@ -45,6 +45,11 @@ def _check_num_samples(num_samples: int, op: str) -> None:
         raise StableSoftmaxError(f"{op}(): num_samples must be a positive int, not {num_samples!r}")
 
 
+def wrap_int64(seed: int) -> int:
+    """Any int as an int64 (two's complement wrap: uint64 seeds welcome)."""
+    return (seed + 2**63) % 2**64 - 2**63
+
+
 def _capturing(device: torch.device) -> bool:
     """A CUDA graph is being captured: a tensor made now is filled only when the graph replays."""
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -116,8 +121,7 @@ def _random_stream(
     else:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise StableSoftmaxError(f"seed must be an int or an int64 tensor, not {type(seed).__name__}")
-        seed = (seed + 2**63) % 2**64 - 2**63  # any int, wrapped to int64 (uint64 seeds welcome)
-        keys = _constant(seed, rows, torch.int64, device)
+        keys = _constant(wrap_int64(seed), rows, torch.int64, device)
     return keys, _row_ids(rows, device), offsets
 
 
@@ -326,11 +330,11 @@ def _raise_for_bad_probs(p: torch.Tensor, tokens: torch.Tensor, num_samples: int
     op = "multinomial"
     bad_rows = (tokens < 0).any(dim=1).nonzero().flatten().tolist()
     sub = p[bad_rows]
-    invalid = (~torch.isfinite(sub) | (sub < 0)).any(dim=1).tolist()
-    invalid_rows = [r for r, bad in zip(bad_rows, invalid) if bad]
-    if invalid_rows:
+    invalid = (~torch.isfinite(sub) | (sub < 0)).any(dim=1).nonzero().flatten().tolist()  # positions in sub
+    if invalid:
+        invalid_rows = [bad_rows[i] for i in invalid]
         shown = invalid_rows[:_SHOWN_ROWS]
-        rows_part = sub[[bad_rows.index(r) for r in shown]]
+        rows_part = sub[invalid[:_SHOWN_ROWS]]
         kinds = [
             kind
             for kind, hit in (
