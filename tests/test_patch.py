@@ -175,36 +175,30 @@ def test_replacements_look_like_the_originals():
 # Every entry point routed, in every call form
 # ---------------------------------------------------------------------------------------------
 
-SOFTMAX_FORMS: dict[str, Callable[..., torch.Tensor]] = {
-    "torch.softmax(x, d)": lambda x, d, dt: torch.softmax(x, d) if dt is None else torch.softmax(x, d, dt),
-    "torch.softmax(input=, dim=, dtype=)": lambda x, d, dt: torch.softmax(input=x, dim=d, dtype=dt),
-    "torch.softmax(x, d, out=)": lambda x, d, dt: torch.softmax(
-        x, d, dtype=dt, out=torch.empty(0, dtype=dt or x.dtype)
-    ),
-    "F.softmax(x, d)": lambda x, d, dt: F.softmax(x, d) if dt is None else F.softmax(x, d, 3, dt),
-    "F.softmax(input=, dim=, _stacklevel=, dtype=)": lambda x, d, dt: F.softmax(
-        input=x, dim=d, _stacklevel=5, dtype=dt
-    ),
-    "nn.Softmax(d)": lambda x, d, dt: torch.nn.Softmax(d)(x if dt is None else x.to(dt)),
-    "x.softmax(d)": lambda x, d, dt: x.softmax(d) if dt is None else x.softmax(d, dt),
-    "x.softmax(dim=, dtype=)": lambda x, d, dt: x.softmax(dim=d, dtype=dt),
-    "Tensor.softmax(x, d)": lambda x, d, dt: torch.Tensor.softmax(x, d, dt),
-}
-LOG_SOFTMAX_FORMS: dict[str, Callable[..., torch.Tensor]] = {
-    "torch.log_softmax(x, d)": lambda x, d, dt: torch.log_softmax(x, d) if dt is None else torch.log_softmax(x, d, dt),
-    "torch.log_softmax(input=, dim=, dtype=)": lambda x, d, dt: torch.log_softmax(input=x, dim=d, dtype=dt),
-    "torch.log_softmax(x, d, out=)": lambda x, d, dt: torch.log_softmax(
-        x, d, dtype=dt, out=torch.empty(0, dtype=dt or x.dtype)
-    ),
-    "F.log_softmax(x, d)": lambda x, d, dt: F.log_softmax(x, d) if dt is None else F.log_softmax(x, d, 3, dt),
-    "F.log_softmax(input=, dim=, _stacklevel=, dtype=)": lambda x, d, dt: F.log_softmax(
-        input=x, dim=d, _stacklevel=5, dtype=dt
-    ),
-    "nn.LogSoftmax(d)": lambda x, d, dt: torch.nn.LogSoftmax(d)(x if dt is None else x.to(dt)),
-    "x.log_softmax(d)": lambda x, d, dt: x.log_softmax(d) if dt is None else x.log_softmax(d, dt),
-    "x.log_softmax(dim=, dtype=)": lambda x, d, dt: x.log_softmax(dim=d, dtype=dt),
-    "Tensor.log_softmax(x, d)": lambda x, d, dt: torch.Tensor.log_softmax(x, d, dt),
-}
+def _call_forms(op: str, module_class: type[torch.nn.Module]) -> dict[str, Callable[..., torch.Tensor]]:
+    """Every way of calling ``op`` ("softmax" or "log_softmax"), as ``call(x, dim, dtype)``.
+
+    Each form looks its function up when called, so it reaches the patched object under the patch.
+    """
+    return {
+        f"torch.{op}(x, d)": lambda x, d, dt: getattr(torch, op)(x, d) if dt is None else getattr(torch, op)(x, d, dt),
+        f"torch.{op}(input=, dim=, dtype=)": lambda x, d, dt: getattr(torch, op)(input=x, dim=d, dtype=dt),
+        f"torch.{op}(x, d, out=)": lambda x, d, dt: getattr(torch, op)(
+            x, d, dtype=dt, out=torch.empty(0, dtype=dt or x.dtype)
+        ),
+        f"F.{op}(x, d)": lambda x, d, dt: getattr(F, op)(x, d) if dt is None else getattr(F, op)(x, d, 3, dt),
+        f"F.{op}(input=, dim=, _stacklevel=, dtype=)": lambda x, d, dt: getattr(F, op)(
+            input=x, dim=d, _stacklevel=5, dtype=dt
+        ),
+        f"nn.{module_class.__name__}(d)": lambda x, d, dt: module_class(d)(x if dt is None else x.to(dt)),
+        f"x.{op}(d)": lambda x, d, dt: getattr(x, op)(d) if dt is None else getattr(x, op)(d, dt),
+        f"x.{op}(dim=, dtype=)": lambda x, d, dt: getattr(x, op)(dim=d, dtype=dt),
+        f"Tensor.{op}(x, d)": lambda x, d, dt: getattr(torch.Tensor, op)(x, d, dt),
+    }
+
+
+SOFTMAX_FORMS = _call_forms("softmax", torch.nn.Softmax)
+LOG_SOFTMAX_FORMS = _call_forms("log_softmax", torch.nn.LogSoftmax)
 ALL_FORMS = [(name, fn, False) for name, fn in SOFTMAX_FORMS.items()] + [
     (name, fn, True) for name, fn in LOG_SOFTMAX_FORMS.items()
 ]
