@@ -15,8 +15,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+from hypothesis import settings
 
 import stablesoftmax as ss
+
+# Hypothesis profiles: "ci" (the default) is derandomised, so the suite is the same every run;
+# "long" is the deeper run made before a stop: HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("long", max_examples=3000, deadline=None, derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Backends that run on DEVICE; the cpp backend exists only for CPU tensors.
