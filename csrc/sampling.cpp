@@ -298,10 +298,13 @@ template <class T, class W> void block_sums(const T* x, i64 c0, i64 c1, const W&
       }
     } else {
       // Sums only steer the search to a block (which is then rescanned with exact division and
-      // exp8), so z here is x * (1/T) - m * (1/T) in one FMA and exp flushes below 2^-125: a few
-      // ulp from the rescan's weights, and z <= 0 up to an ulp.
-      const __m256 vr = _mm256_set1_ps(1.0f / w.t), vmr = _mm256_set1_ps(-w.m * (1.0f / w.t));
-      auto e = [&](__m256 v) { return exp256_ftz(_mm256_fmadd_ps(v, vr, vmr)); };
+      // exp8), so z here is (x - m) * (1/T) and exp flushes below 2^-125: a few ulp from the
+      // rescan's weights, and z <= 0 exactly. The subtraction comes first: x * (1/T) - m * (1/T)
+      // (one FMA) carries an error of ~|m / T| * 2^-24 into the exponent, which at large |m / T|
+      // biased the draws (and at tiny T gave exp(+huge) or 0 for the maximum itself). The caller
+      // guarantees 1/T is finite (plain_params sends other rows to the generic path).
+      const __m256 vm = _mm256_set1_ps(w.m), vr = _mm256_set1_ps(1.0f / w.t);
+      auto e = [&](__m256 v) { return exp256_ftz(_mm256_mul_ps(_mm256_sub_ps(v, vm), vr)); };
       for (; i + 16 <= b1; i += 16) {
         acc0 = _mm256_add_ps(acc0, e(vload(x + i)));
         acc1 = _mm256_add_ps(acc1, e(vload(x + i + 8)));
@@ -470,7 +473,8 @@ void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filter
     Acc s;
     if (m == inf) s = xi == inf ? Acc(0) : -inf;
     else s = xi - (std::isfinite(m) ? m : Acc(0));
-    z[std::size_t(i)] = s / t;
+    // -inf stays -inf at every T (at T = inf, -inf / inf would be NaN, which top-k ranks first)
+    z[std::size_t(i)] = s == -inf ? -inf : s / t;
   }
   bool kth_nan = false;
   Acc kth = -inf;
@@ -806,6 +810,11 @@ template <class T> float top_p_cut(const T* x, i64 V, const LogitW& w, float top
 
 // ---------------------------------------------------------------- per-row driver
 
+// A temperature the fast paths handle: finite, > 0, and with a finite float reciprocal (the block
+// sums scale by 1/T; a subnormal T below 2^-128 would make it inf, and 0 * inf = NaN at the max).
+// Every other T > 0 (tiny or infinite) takes the generic path, which divides.
+inline bool scalable(float t) { return t > 0 && std::isfinite(t) && std::isfinite(1.0f / t); }
+
 struct Ctx {
   SampleArgs a;
 };
@@ -821,7 +830,7 @@ RowOut row_out(const SampleArgs& a, i64 r) {
 bool plain_params(const SampleArgs& a, i64 r) {
   if (a.dtype == kF64) return false;
   const float t = a.temperature[r];
-  if (!(t > 0) || !std::isfinite(t)) return false;
+  if (!scalable(t)) return false;
   if (a.top_k && a.top_k[r] > 0 && a.top_k[r] < a.cols) return false;
   if (a.top_p && !(a.top_p[r] >= 1)) return false;
   if (a.min_p && !(a.min_p[r] <= 0)) return false;
@@ -875,6 +884,27 @@ template <class T> void max_and_block_sums(const T* x, i64 V, float t, double* b
   }
 }
 
+// Greedy without replacement: the n largest logits in decreasing order, lowest index first on
+// ties. Candidates are the entries the shift rule keeps (a row holding +inf: its +inf entries;
+// else every entry > -inf) and, with top_k on, those >= the k-th largest; draws past them get -1.
+// Log-probability 0 for each (every pick is certain given the ones before it, as for one greedy
+// draw). top_p and min_p do not restrict greedy rows: at T = 0 they act on a point mass.
+template <class T, class Acc> void greedy_without_replacement(const T* x, i64 V, Acc m, i64 top_k, const RowOut& out) {
+  const Acc inf = std::numeric_limits<Acc>::infinity();
+  TopN<Acc> top(out.n);
+  for (i64 i = 0; i < V; ++i) {
+    const Acc v = load_as<Acc>(x + i);
+    if (m == inf ? v == inf : v > -inf) top.push(v, i);
+  }
+  top.sorted();
+  i64 kept = i64(top.h.size());
+  if (top_k > 0 && top_k < kept) {  // the k-th largest is in the list: drop what lies below it
+    const Acc kth = top.h[std::size_t(top_k - 1)].first;
+    while (kept > top_k && top.h[std::size_t(kept - 1)].first < kth) --kept;
+  }
+  for (i64 k = 0; k < out.n; ++k) out.set(k, k < kept ? top.h[std::size_t(k)].second : -1, 0.0);
+}
+
 // One logits row; bs: its block sums when already computed (fast path), else null.
 template <class T>
 void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs) {
@@ -891,20 +921,21 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
     m = mf;
   }
   const float t = a.temperature[r];
+  i64 top_k = a.top_k ? a.top_k[r] : 0;
+  if (top_k >= V) top_k = 0;
   if (t == 0) {  // greedy: lowest index of the maximum
     if (m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
+    if (!a.replacement && out.n > 1) return greedy_without_replacement(x, V, m, top_k, out);
     const i64 idx = first_index_of(x, V, m);
     for (i64 k = 0; k < out.n; ++k) out.set(k, idx, 0.0);
     return;
   }
-  if (t != t || m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
+  if (t != t || t < 0 || m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
   Rng rng(a.seed[r], a.row_id[r], a.offset[r]);
   Filters f;
-  i64 top_k = a.top_k ? a.top_k[r] : 0;
-  if (top_k >= V) top_k = 0;
   if (a.top_p && !(a.top_p[r] >= 1)) { f.top_p_on = true; f.top_p = a.top_p[r]; }
   if (a.min_p && !(a.min_p[r] <= 0)) { f.min_p_on = true; f.min_p = a.min_p[r]; }
-  const bool generic = std::is_same<Acc, double>::value || !std::isfinite(m) || !std::isfinite(t) || t < 0;
+  const bool generic = std::is_same<Acc, double>::value || !std::isfinite(m) || !scalable(t);
   if (generic) return generic_logits_row<Acc>(x, V, m, Acc(t), top_k, f, rng, a.replacement, out);
   if constexpr (std::is_same<Acc, float>::value) {
     const LogitW w{m, t};
