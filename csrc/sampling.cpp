@@ -857,31 +857,40 @@ template <class T, class Acc> i64 first_index_of(const T* x, i64 V, Acc m) {
 }
 
 // The plain case in one pass over the row (each block read from memory once for its max, then
-// from L1 for its exponentials): the row max m, whether the row holds a NaN, and the block sums of
-// exp((x - m) / t), each taken against its own block's max and rescaled at the end. The sums are
-// meaningful only when !nan and m is finite (the caller checks with plain_fast).
-template <class T> void max_and_block_sums(const T* x, i64 V, float t, double* bs, float& m, bool& nan) {
-  const i64 nb = (V + kB - 1) / kB;
-  thread_local std::vector<float> bmax;
-  bmax.resize(std::size_t(nb));
-  m = -kInf;
+// from L1 for its exponentials), in two steps. block_stats: for each block b in [b_lo, b_hi) its
+// max bmax[b] and the sum of exp((x - bmax[b]) / t) over it (0 for a block without a finite max),
+// and whether the blocks hold a NaN. Each block's numbers depend on that block alone, so a row split
+// across threads at block boundaries gets bitwise what one thread gets (SPEC: bitwise invariance).
+template <class T>
+void block_stats(const T* x, i64 V, i64 b_lo, i64 b_hi, float t, double* bs, float* bmax, bool& nan) {
   nan = false;
-  for (i64 b = 0; b < nb; ++b) {
+  for (i64 b = b_lo; b < b_hi; ++b) {
     const i64 b0 = b * kB, n = std::min(kB, V - b0);
-    float& bm = bmax[std::size_t(b)];
+    float& bm = bmax[b];
     bool block_nan = false;
     row_max(x + b0, n, bm, block_nan);
     nan |= block_nan;
-    m = std::max(m, bm);
     if (bm > -kInf && bm < kInf) block_sums(x, b0, b0 + n, LogitW{bm, t}, bs + b);
     else bs[b] = 0;
   }
-  if (nan || !std::isfinite(m)) return;
+}
+
+// rescale_block_sums: the row max m over the block maxima, and (when m is finite) every block sum
+// rescaled to exp((x - m) / t), block by block. The sums are meaningful only when the row holds no
+// NaN and m is finite (the caller checks with plain_fast). Returns m.
+inline float rescale_block_sums(i64 nb, float t, const float* bmax, double* bs) {
+  float m = -kInf;
+  for (i64 b = 0; b < nb; ++b) m = std::max(m, bmax[b]);
+  if (!std::isfinite(m)) return m;
   const double r = 1.0 / double(t);
-  for (i64 b = 0; b < nb; ++b) {
-    const float bm = bmax[std::size_t(b)];
-    bs[b] = bm == -kInf ? 0.0 : bs[b] * std::exp((double(bm) - double(m)) * r);
-  }
+  for (i64 b = 0; b < nb; ++b) bs[b] = bmax[b] == -kInf ? 0.0 : bs[b] * std::exp((double(bmax[b]) - double(m)) * r);
+  return m;
+}
+
+template <class T> void max_and_block_sums(const T* x, i64 V, float t, double* bs, float* bmax, float& m, bool& nan) {
+  const i64 nb = (V + kB - 1) / kB;
+  block_stats(x, V, 0, nb, t, bs, bmax, nan);
+  m = rescale_block_sums(nb, t, bmax, bs);
 }
 
 // Greedy without replacement: the n largest logits in decreasing order, lowest index first on
@@ -1021,8 +1030,10 @@ template <class T> void run(const SampleArgs& a) {
       if constexpr (!std::is_same<T, double>::value) {
         if (plain_params(a, r)) {  // the fast path in one pass, if the row's values allow it
           thread_local std::vector<double> sums;
+          thread_local std::vector<float> bmax;
           sums.resize(std::size_t((V + kB - 1) / kB));
-          max_and_block_sums(row_ptr<T>(a, r), V, a.temperature[r], sums.data(), m, nan);
+          bmax.resize(sums.size());
+          max_and_block_sums(row_ptr<T>(a, r), V, a.temperature[r], sums.data(), bmax.data(), m, nan);
           return logits_row<T>(a, r, m, nan, plain_fast(a, r, m, nan) ? sums.data() : nullptr);
         }
       }
@@ -1034,6 +1045,8 @@ template <class T> void run(const SampleArgs& a) {
     });
     return;
   }
+  // Chunks are whole blocks, and each block's max and sum are computed as on one thread
+  // (block_stats), then combined in block order: tokens do not depend on the split.
   const i64 nb = (V + kB - 1) / kB;
   const i64 blocks_per_chunk = (nb + chunks - 1) / chunks;
   chunks = (nb + blocks_per_chunk - 1) / blocks_per_chunk;
@@ -1041,14 +1054,22 @@ template <class T> void run(const SampleArgs& a) {
   std::vector<float> cmax(std::size_t(rows * chunks), -kInf);
   std::vector<char> cnan(std::size_t(rows * chunks), 0);
   std::vector<double> bs(std::size_t(rows * nb), 0.0);
-  if (!a.probs) {
-    parallel_for(nt, rows * chunks, [&](i64 t) {
-      const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
-      bool nan = false;
+  std::vector<float> bmax(std::size_t(rows * nb), -kInf);
+  std::vector<char> plain(std::size_t(rows), 0);
+  for (i64 r = 0; r < rows; ++r) plain[std::size_t(r)] = !a.probs && plain_params(a, r);
+  parallel_for(nt, rows * chunks, [&](i64 t) {
+    const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
+    bool nan = false;
+    if (a.probs) {
+      block_sums(row_ptr<T>(a, r), c0, c1, ProbW{}, bs.data() + r * nb + c0 / kB);
+    } else if (plain[std::size_t(r)]) {
+      block_stats(row_ptr<T>(a, r), V, c0 / kB, (c1 + kB - 1) / kB, a.temperature[r], bs.data() + r * nb,
+                  bmax.data() + r * nb, nan);
+    } else {
       row_max(row_ptr<T>(a, r) + c0, c1 - c0, cmax[std::size_t(t)], nan);
-      cnan[std::size_t(t)] = nan;
-    });
-  }
+    }
+    cnan[std::size_t(t)] = nan;
+  });
   std::vector<float> m(std::size_t(rows), -kInf);
   std::vector<char> nan(std::size_t(rows), 0), fast(std::size_t(rows), 0);
   for (i64 r = 0; r < rows; ++r) {
@@ -1056,15 +1077,9 @@ template <class T> void run(const SampleArgs& a) {
       m[std::size_t(r)] = std::max(m[std::size_t(r)], cmax[std::size_t(r * chunks + c)]);
       nan[std::size_t(r)] |= cnan[std::size_t(r * chunks + c)];
     }
+    if (plain[std::size_t(r)]) m[std::size_t(r)] = rescale_block_sums(nb, a.temperature[r], bmax.data() + r * nb, bs.data() + r * nb);
     fast[std::size_t(r)] = a.probs ? 1 : plain_fast(a, r, m[std::size_t(r)], nan[std::size_t(r)]);
   }
-  parallel_for(nt, rows * chunks, [&](i64 t) {
-    const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
-    if (!fast[std::size_t(r)]) return;
-    double* out = bs.data() + r * nb + c0 / kB;
-    if (a.probs) block_sums(row_ptr<T>(a, r), c0, c1, ProbW{}, out);
-    else block_sums(row_ptr<T>(a, r), c0, c1, LogitW{m[std::size_t(r)], a.temperature[r]}, out);
-  });
   parallel_for(nt, rows, [&](i64 r) {
     const double* b = fast[std::size_t(r)] ? bs.data() + r * nb : nullptr;
     if (a.probs) probs_row<T>(a, r, b);
