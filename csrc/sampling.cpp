@@ -58,6 +58,22 @@ constexpr float kRaceSlack = 17.5f;     // -log(E) <= 16.7 for every E the race 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
+// ---------------------------------------------------------------- scratch memory
+
+// Scratch vectors are thread_local, reused from row to row (no allocation on the hot path). One that
+// had to grow past kScratchCapBytes for a long row (generic-path z and candidates, top-k copies) is
+// released when the function that used it returns, so that after a call no thread keeps more than
+// kScratchCapBytes per scratch vector, whatever the largest row it has seen.
+constexpr std::size_t kScratchCapBytes = std::size_t(16) << 20;  // 16 MiB per vector and thread
+
+template <class Vec> struct ReleaseIfLarge {
+  Vec& v;
+  ~ReleaseIfLarge() {
+    if (v.capacity() * sizeof(typename Vec::value_type) > kScratchCapBytes) Vec().swap(v);
+  }
+};
+template <class Vec> ReleaseIfLarge(Vec&) -> ReleaseIfLarge<Vec>;
+
 // ---------------------------------------------------------------- random numbers
 
 struct Rng {
@@ -432,6 +448,7 @@ void finish(std::vector<Cand<Acc>>& c, double mass, const Filters& f, Rng& rng, 
   std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.idx < b.idx; });
   if (c.empty()) return out.fill_bad();
   thread_local std::vector<double> cum;
+  const ReleaseIfLarge release_cum{cum};
   cum.resize(c.size());
   double total = 0;
   for (std::size_t i = 0; i < c.size(); ++i) cum[i] = total += double(c[i].e);
@@ -466,6 +483,8 @@ template <class Acc, class T>
 void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filters& f, Rng& rng, bool replacement,
                         const RowOut& out) {
   thread_local std::vector<Acc> z, tmp;
+  const ReleaseIfLarge release_z{z};
+  const ReleaseIfLarge release_tmp{tmp};
   z.resize(std::size_t(V));
   const Acc inf = std::numeric_limits<Acc>::infinity();
   for (i64 i = 0; i < V; ++i) {
@@ -495,6 +514,7 @@ void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filter
     }
   }
   thread_local std::vector<Cand<Acc>> c;
+  const ReleaseIfLarge release_c{c};
   c.clear();
   double mass = 0;
   if (!kth_nan) {
@@ -513,6 +533,7 @@ void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filter
 template <class Acc, class T>
 void generic_probs_row(const T* x, i64 V, Rng& rng, bool replacement, const RowOut& out) {
   thread_local std::vector<Cand<Acc>> c;
+  const ReleaseIfLarge release_c{c};
   c.clear();
   for (i64 i = 0; i < V; ++i) {
     const Acc w = load_as<Acc>(x + i);
@@ -530,6 +551,7 @@ void draw_from_blocks(const T* x, i64 V, const W& w, const double* bs, Rng& rng,
                       const LogitW* lw) {
   const i64 nb = (V + kB - 1) / kB;
   thread_local std::vector<double> prefix;
+  const ReleaseIfLarge release_prefix{prefix};
   prefix.resize(std::size_t(nb + 1));
   prefix[0] = 0;
   for (i64 b = 0; b < nb; ++b) prefix[std::size_t(b + 1)] = prefix[std::size_t(b)] + bs[b];
@@ -681,6 +703,7 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
 // k-th largest input value (as float) of a NaN-free row.
 template <class T> float kth_largest(const T* x, i64 V, i64 k) {
   thread_local std::vector<float> h;
+  const ReleaseIfLarge release_h{h};
   if (k > 4096 || k * 8 > V) {
     h.resize(std::size_t(V));
     for (i64 i = 0; i < V; ++i) h[std::size_t(i)] = load_as<float>(x + i);
@@ -722,7 +745,10 @@ template <class T> float kth_largest(const T* x, i64 V, i64 k) {
 template <class T>
 double gather(const T* x, i64 V, const LogitW& w, float zlo, bool strict, std::vector<Cand<float>>& c) {
   thread_local std::vector<float> zs, es;
+  const ReleaseIfLarge release_zs{zs};
+  const ReleaseIfLarge release_es{es};
   thread_local std::vector<i64> ids;
+  const ReleaseIfLarge release_ids{ids};
   zs.clear();
   ids.clear();
   i64 i = 0;
@@ -952,6 +978,7 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
     if (!filtered) {
       const i64 nb = (V + kB - 1) / kB;
       thread_local std::vector<double> own;
+      const ReleaseIfLarge release_own{own};
       if (!a.replacement) {
         double log_total = 0;
         if (a.logprobs) {
@@ -971,6 +998,7 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
       return draw_from_blocks(x, V, w, bs, rng, out, &w);
     }
     thread_local std::vector<Cand<float>> c;
+    const ReleaseIfLarge release_c{c};
     double mass;
     if (top_k > 0) {
       const float xk = kth_largest(x, V, top_k);
@@ -1000,6 +1028,7 @@ template <class T> void probs_row(const SampleArgs& a, i64 r, const double* bs) 
     const ProbW w;
     if (!a.replacement) return race_row(x, V, w, rng, out, 0.0);
     thread_local std::vector<double> own;
+    const ReleaseIfLarge release_own{own};
     if (!bs) {
       own.resize(std::size_t((V + kB - 1) / kB));
       block_sums(x, 0, V, w, own.data());
@@ -1030,7 +1059,9 @@ template <class T> void run(const SampleArgs& a) {
       if constexpr (!std::is_same<T, double>::value) {
         if (plain_params(a, r)) {  // the fast path in one pass, if the row's values allow it
           thread_local std::vector<double> sums;
+          const ReleaseIfLarge release_sums{sums};
           thread_local std::vector<float> bmax;
+          const ReleaseIfLarge release_bmax{bmax};
           sums.resize(std::size_t((V + kB - 1) / kB));
           bmax.resize(sums.size());
           max_and_block_sums(row_ptr<T>(a, r), V, a.temperature[r], sums.data(), bmax.data(), m, nan);

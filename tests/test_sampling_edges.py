@@ -8,6 +8,7 @@ its shapes stay small there).
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -294,3 +295,55 @@ def test_tokens_bitwise_invariant_to_batch_position_and_threads(isa, gen):
     finally:
         torch.set_num_threads(threads_before)
         _C.set_isa("auto")
+
+
+# --------------------------------------------------------------------------- bounded scratch memory
+
+_RSS_SCRIPT = """
+import gc, os, sys
+import torch
+import stablesoftmax as ss
+from stablesoftmax import _C
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+case, isa = sys.argv[1], sys.argv[2]
+_C.set_isa(isa)
+torch.set_num_threads(2)
+with ss.use_backend("cpp"):
+    ss.sample_from_logits(torch.randn(4, 5000, dtype=torch.float64), 2, seed=0, top_k=4500)  # warm up
+    gc.collect()
+    before = rss()
+    if case == "float64":  # the generic path: z, candidates and their prefix sums per row
+        x = torch.randn(2, 1 << 22, dtype=torch.float64)
+        ss.sample_from_logits(x, 4, seed=0)
+    else:  # a large top-k: a copy of the row to select from
+        x = torch.randn(2, 1 << 23)
+        ss.sample_from_logits(x, 4, seed=0, top_k=5000)
+    del x
+    gc.collect()
+    print(rss() - before)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["float64", "top_k"])
+@pytest.mark.parametrize("isa", ["avx2", "scalar"])
+def test_scratch_memory_is_released_after_large_rows(case, isa):
+    """Scratch grown for a long row does not stay resident (it used to stay at the largest row's
+    size: ~160 MiB per thread for a 2**22 float64 row, 32 MiB per thread for top-k on 2**23)."""
+    import subprocess
+    import sys
+
+    require_backend("cpp")
+    if not _isa_available(isa):
+        pytest.skip(f"this CPU or build has no {isa} kernels")
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("RSS is read from /proc/self/statm (Linux)")
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, case, isa], capture_output=True, text=True, check=True, timeout=300
+    )
+    grown = int(out.stdout.split()[-1])
+    assert grown < 24 << 20, f"{grown / 2**20:.0f} MiB still resident after the call"
