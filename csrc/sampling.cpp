@@ -58,6 +58,22 @@ constexpr float kRaceSlack = 17.5f;     // -log(E) <= 16.7 for every E the race 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
+// ---------------------------------------------------------------- scratch memory
+
+// Scratch vectors are thread_local, reused from row to row (no allocation on the hot path). One that
+// had to grow past kScratchCapBytes for a long row (generic-path z and candidates, top-k copies) is
+// released when the function that used it returns, so that after a call no thread keeps more than
+// kScratchCapBytes per scratch vector, whatever the largest row it has seen.
+constexpr std::size_t kScratchCapBytes = std::size_t(16) << 20;  // 16 MiB per vector and thread
+
+template <class Vec> struct ReleaseIfLarge {
+  Vec& v;
+  ~ReleaseIfLarge() {
+    if (v.capacity() * sizeof(typename Vec::value_type) > kScratchCapBytes) Vec().swap(v);
+  }
+};
+template <class Vec> ReleaseIfLarge(Vec&) -> ReleaseIfLarge<Vec>;
+
 // ---------------------------------------------------------------- random numbers
 
 struct Rng {
@@ -298,10 +314,13 @@ template <class T, class W> void block_sums(const T* x, i64 c0, i64 c1, const W&
       }
     } else {
       // Sums only steer the search to a block (which is then rescanned with exact division and
-      // exp8), so z here is x * (1/T) - m * (1/T) in one FMA and exp flushes below 2^-125: a few
-      // ulp from the rescan's weights, and z <= 0 up to an ulp.
-      const __m256 vr = _mm256_set1_ps(1.0f / w.t), vmr = _mm256_set1_ps(-w.m * (1.0f / w.t));
-      auto e = [&](__m256 v) { return exp256_ftz(_mm256_fmadd_ps(v, vr, vmr)); };
+      // exp8), so z here is (x - m) * (1/T) and exp flushes below 2^-125: a few ulp from the
+      // rescan's weights, and z <= 0 exactly. The subtraction comes first: x * (1/T) - m * (1/T)
+      // (one FMA) carries an error of ~|m / T| * 2^-24 into the exponent, which at large |m / T|
+      // biased the draws (and at tiny T gave exp(+huge) or 0 for the maximum itself). The caller
+      // guarantees 1/T is finite (plain_params sends other rows to the generic path).
+      const __m256 vm = _mm256_set1_ps(w.m), vr = _mm256_set1_ps(1.0f / w.t);
+      auto e = [&](__m256 v) { return exp256_ftz(_mm256_mul_ps(_mm256_sub_ps(v, vm), vr)); };
       for (; i + 16 <= b1; i += 16) {
         acc0 = _mm256_add_ps(acc0, e(vload(x + i)));
         acc1 = _mm256_add_ps(acc1, e(vload(x + i + 8)));
@@ -429,6 +448,7 @@ void finish(std::vector<Cand<Acc>>& c, double mass, const Filters& f, Rng& rng, 
   std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.idx < b.idx; });
   if (c.empty()) return out.fill_bad();
   thread_local std::vector<double> cum;
+  const ReleaseIfLarge release_cum{cum};
   cum.resize(c.size());
   double total = 0;
   for (std::size_t i = 0; i < c.size(); ++i) cum[i] = total += double(c[i].e);
@@ -463,6 +483,8 @@ template <class Acc, class T>
 void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filters& f, Rng& rng, bool replacement,
                         const RowOut& out) {
   thread_local std::vector<Acc> z, tmp;
+  const ReleaseIfLarge release_z{z};
+  const ReleaseIfLarge release_tmp{tmp};
   z.resize(std::size_t(V));
   const Acc inf = std::numeric_limits<Acc>::infinity();
   for (i64 i = 0; i < V; ++i) {
@@ -470,7 +492,8 @@ void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filter
     Acc s;
     if (m == inf) s = xi == inf ? Acc(0) : -inf;
     else s = xi - (std::isfinite(m) ? m : Acc(0));
-    z[std::size_t(i)] = s / t;
+    // -inf stays -inf at every T (at T = inf, -inf / inf would be NaN, which top-k ranks first)
+    z[std::size_t(i)] = s == -inf ? -inf : s / t;
   }
   bool kth_nan = false;
   Acc kth = -inf;
@@ -491,6 +514,7 @@ void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filter
     }
   }
   thread_local std::vector<Cand<Acc>> c;
+  const ReleaseIfLarge release_c{c};
   c.clear();
   double mass = 0;
   if (!kth_nan) {
@@ -509,6 +533,7 @@ void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filter
 template <class Acc, class T>
 void generic_probs_row(const T* x, i64 V, Rng& rng, bool replacement, const RowOut& out) {
   thread_local std::vector<Cand<Acc>> c;
+  const ReleaseIfLarge release_c{c};
   c.clear();
   for (i64 i = 0; i < V; ++i) {
     const Acc w = load_as<Acc>(x + i);
@@ -526,6 +551,7 @@ void draw_from_blocks(const T* x, i64 V, const W& w, const double* bs, Rng& rng,
                       const LogitW* lw) {
   const i64 nb = (V + kB - 1) / kB;
   thread_local std::vector<double> prefix;
+  const ReleaseIfLarge release_prefix{prefix};
   prefix.resize(std::size_t(nb + 1));
   prefix[0] = 0;
   for (i64 b = 0; b < nb; ++b) prefix[std::size_t(b + 1)] = prefix[std::size_t(b)] + bs[b];
@@ -677,6 +703,7 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
 // k-th largest input value (as float) of a NaN-free row.
 template <class T> float kth_largest(const T* x, i64 V, i64 k) {
   thread_local std::vector<float> h;
+  const ReleaseIfLarge release_h{h};
   if (k > 4096 || k * 8 > V) {
     h.resize(std::size_t(V));
     for (i64 i = 0; i < V; ++i) h[std::size_t(i)] = load_as<float>(x + i);
@@ -718,7 +745,10 @@ template <class T> float kth_largest(const T* x, i64 V, i64 k) {
 template <class T>
 double gather(const T* x, i64 V, const LogitW& w, float zlo, bool strict, std::vector<Cand<float>>& c) {
   thread_local std::vector<float> zs, es;
+  const ReleaseIfLarge release_zs{zs};
+  const ReleaseIfLarge release_es{es};
   thread_local std::vector<i64> ids;
+  const ReleaseIfLarge release_ids{ids};
   zs.clear();
   ids.clear();
   i64 i = 0;
@@ -806,6 +836,11 @@ template <class T> float top_p_cut(const T* x, i64 V, const LogitW& w, float top
 
 // ---------------------------------------------------------------- per-row driver
 
+// A temperature the fast paths handle: finite, > 0, and with a finite float reciprocal (the block
+// sums scale by 1/T; a subnormal T below 2^-128 would make it inf, and 0 * inf = NaN at the max).
+// Every other T > 0 (tiny or infinite) takes the generic path, which divides.
+inline bool scalable(float t) { return t > 0 && std::isfinite(t) && std::isfinite(1.0f / t); }
+
 struct Ctx {
   SampleArgs a;
 };
@@ -821,7 +856,7 @@ RowOut row_out(const SampleArgs& a, i64 r) {
 bool plain_params(const SampleArgs& a, i64 r) {
   if (a.dtype == kF64) return false;
   const float t = a.temperature[r];
-  if (!(t > 0) || !std::isfinite(t)) return false;
+  if (!scalable(t)) return false;
   if (a.top_k && a.top_k[r] > 0 && a.top_k[r] < a.cols) return false;
   if (a.top_p && !(a.top_p[r] >= 1)) return false;
   if (a.min_p && !(a.min_p[r] <= 0)) return false;
@@ -848,31 +883,61 @@ template <class T, class Acc> i64 first_index_of(const T* x, i64 V, Acc m) {
 }
 
 // The plain case in one pass over the row (each block read from memory once for its max, then
-// from L1 for its exponentials): the row max m, whether the row holds a NaN, and the block sums of
-// exp((x - m) / t), each taken against its own block's max and rescaled at the end. The sums are
-// meaningful only when !nan and m is finite (the caller checks with plain_fast).
-template <class T> void max_and_block_sums(const T* x, i64 V, float t, double* bs, float& m, bool& nan) {
-  const i64 nb = (V + kB - 1) / kB;
-  thread_local std::vector<float> bmax;
-  bmax.resize(std::size_t(nb));
-  m = -kInf;
+// from L1 for its exponentials), in two steps. block_stats: for each block b in [b_lo, b_hi) its
+// max bmax[b] and the sum of exp((x - bmax[b]) / t) over it (0 for a block without a finite max),
+// and whether the blocks hold a NaN. Each block's numbers depend on that block alone, so a row split
+// across threads at block boundaries gets bitwise what one thread gets (SPEC: bitwise invariance).
+template <class T>
+void block_stats(const T* x, i64 V, i64 b_lo, i64 b_hi, float t, double* bs, float* bmax, bool& nan) {
   nan = false;
-  for (i64 b = 0; b < nb; ++b) {
+  for (i64 b = b_lo; b < b_hi; ++b) {
     const i64 b0 = b * kB, n = std::min(kB, V - b0);
-    float& bm = bmax[std::size_t(b)];
+    float& bm = bmax[b];
     bool block_nan = false;
     row_max(x + b0, n, bm, block_nan);
     nan |= block_nan;
-    m = std::max(m, bm);
     if (bm > -kInf && bm < kInf) block_sums(x, b0, b0 + n, LogitW{bm, t}, bs + b);
     else bs[b] = 0;
   }
-  if (nan || !std::isfinite(m)) return;
+}
+
+// rescale_block_sums: the row max m over the block maxima, and (when m is finite) every block sum
+// rescaled to exp((x - m) / t), block by block. The sums are meaningful only when the row holds no
+// NaN and m is finite (the caller checks with plain_fast). Returns m.
+inline float rescale_block_sums(i64 nb, float t, const float* bmax, double* bs) {
+  float m = -kInf;
+  for (i64 b = 0; b < nb; ++b) m = std::max(m, bmax[b]);
+  if (!std::isfinite(m)) return m;
   const double r = 1.0 / double(t);
-  for (i64 b = 0; b < nb; ++b) {
-    const float bm = bmax[std::size_t(b)];
-    bs[b] = bm == -kInf ? 0.0 : bs[b] * std::exp((double(bm) - double(m)) * r);
+  for (i64 b = 0; b < nb; ++b) bs[b] = bmax[b] == -kInf ? 0.0 : bs[b] * std::exp((double(bmax[b]) - double(m)) * r);
+  return m;
+}
+
+template <class T> void max_and_block_sums(const T* x, i64 V, float t, double* bs, float* bmax, float& m, bool& nan) {
+  const i64 nb = (V + kB - 1) / kB;
+  block_stats(x, V, 0, nb, t, bs, bmax, nan);
+  m = rescale_block_sums(nb, t, bmax, bs);
+}
+
+// Greedy without replacement: the n largest logits in decreasing order, lowest index first on
+// ties. Candidates are the entries the shift rule keeps (a row holding +inf: its +inf entries;
+// else every entry > -inf) and, with top_k on, those >= the k-th largest; draws past them get -1.
+// Log-probability 0 for each (every pick is certain given the ones before it, as for one greedy
+// draw). top_p and min_p do not restrict greedy rows: at T = 0 they act on a point mass.
+template <class T, class Acc> void greedy_without_replacement(const T* x, i64 V, Acc m, i64 top_k, const RowOut& out) {
+  const Acc inf = std::numeric_limits<Acc>::infinity();
+  TopN<Acc> top(out.n);
+  for (i64 i = 0; i < V; ++i) {
+    const Acc v = load_as<Acc>(x + i);
+    if (m == inf ? v == inf : v > -inf) top.push(v, i);
   }
+  top.sorted();
+  i64 kept = i64(top.h.size());
+  if (top_k > 0 && top_k < kept) {  // the k-th largest is in the list: drop what lies below it
+    const Acc kth = top.h[std::size_t(top_k - 1)].first;
+    while (kept > top_k && top.h[std::size_t(kept - 1)].first < kth) --kept;
+  }
+  for (i64 k = 0; k < out.n; ++k) out.set(k, k < kept ? top.h[std::size_t(k)].second : -1, 0.0);
 }
 
 // One logits row; bs: its block sums when already computed (fast path), else null.
@@ -891,20 +956,21 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
     m = mf;
   }
   const float t = a.temperature[r];
+  i64 top_k = a.top_k ? a.top_k[r] : 0;
+  if (top_k >= V) top_k = 0;
   if (t == 0) {  // greedy: lowest index of the maximum
     if (m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
+    if (!a.replacement && out.n > 1) return greedy_without_replacement(x, V, m, top_k, out);
     const i64 idx = first_index_of(x, V, m);
     for (i64 k = 0; k < out.n; ++k) out.set(k, idx, 0.0);
     return;
   }
-  if (t != t || m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
+  if (t != t || t < 0 || m == -std::numeric_limits<Acc>::infinity()) return out.fill_bad();
   Rng rng(a.seed[r], a.row_id[r], a.offset[r]);
   Filters f;
-  i64 top_k = a.top_k ? a.top_k[r] : 0;
-  if (top_k >= V) top_k = 0;
   if (a.top_p && !(a.top_p[r] >= 1)) { f.top_p_on = true; f.top_p = a.top_p[r]; }
   if (a.min_p && !(a.min_p[r] <= 0)) { f.min_p_on = true; f.min_p = a.min_p[r]; }
-  const bool generic = std::is_same<Acc, double>::value || !std::isfinite(m) || !std::isfinite(t) || t < 0;
+  const bool generic = std::is_same<Acc, double>::value || !std::isfinite(m) || !scalable(t);
   if (generic) return generic_logits_row<Acc>(x, V, m, Acc(t), top_k, f, rng, a.replacement, out);
   if constexpr (std::is_same<Acc, float>::value) {
     const LogitW w{m, t};
@@ -912,6 +978,7 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
     if (!filtered) {
       const i64 nb = (V + kB - 1) / kB;
       thread_local std::vector<double> own;
+      const ReleaseIfLarge release_own{own};
       if (!a.replacement) {
         double log_total = 0;
         if (a.logprobs) {
@@ -931,6 +998,7 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
       return draw_from_blocks(x, V, w, bs, rng, out, &w);
     }
     thread_local std::vector<Cand<float>> c;
+    const ReleaseIfLarge release_c{c};
     double mass;
     if (top_k > 0) {
       const float xk = kth_largest(x, V, top_k);
@@ -960,6 +1028,7 @@ template <class T> void probs_row(const SampleArgs& a, i64 r, const double* bs) 
     const ProbW w;
     if (!a.replacement) return race_row(x, V, w, rng, out, 0.0);
     thread_local std::vector<double> own;
+    const ReleaseIfLarge release_own{own};
     if (!bs) {
       own.resize(std::size_t((V + kB - 1) / kB));
       block_sums(x, 0, V, w, own.data());
@@ -990,8 +1059,12 @@ template <class T> void run(const SampleArgs& a) {
       if constexpr (!std::is_same<T, double>::value) {
         if (plain_params(a, r)) {  // the fast path in one pass, if the row's values allow it
           thread_local std::vector<double> sums;
+          const ReleaseIfLarge release_sums{sums};
+          thread_local std::vector<float> bmax;
+          const ReleaseIfLarge release_bmax{bmax};
           sums.resize(std::size_t((V + kB - 1) / kB));
-          max_and_block_sums(row_ptr<T>(a, r), V, a.temperature[r], sums.data(), m, nan);
+          bmax.resize(sums.size());
+          max_and_block_sums(row_ptr<T>(a, r), V, a.temperature[r], sums.data(), bmax.data(), m, nan);
           return logits_row<T>(a, r, m, nan, plain_fast(a, r, m, nan) ? sums.data() : nullptr);
         }
       }
@@ -1003,6 +1076,8 @@ template <class T> void run(const SampleArgs& a) {
     });
     return;
   }
+  // Chunks are whole blocks, and each block's max and sum are computed as on one thread
+  // (block_stats), then combined in block order: tokens do not depend on the split.
   const i64 nb = (V + kB - 1) / kB;
   const i64 blocks_per_chunk = (nb + chunks - 1) / chunks;
   chunks = (nb + blocks_per_chunk - 1) / blocks_per_chunk;
@@ -1010,14 +1085,22 @@ template <class T> void run(const SampleArgs& a) {
   std::vector<float> cmax(std::size_t(rows * chunks), -kInf);
   std::vector<char> cnan(std::size_t(rows * chunks), 0);
   std::vector<double> bs(std::size_t(rows * nb), 0.0);
-  if (!a.probs) {
-    parallel_for(nt, rows * chunks, [&](i64 t) {
-      const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
-      bool nan = false;
+  std::vector<float> bmax(std::size_t(rows * nb), -kInf);
+  std::vector<char> plain(std::size_t(rows), 0);
+  for (i64 r = 0; r < rows; ++r) plain[std::size_t(r)] = !a.probs && plain_params(a, r);
+  parallel_for(nt, rows * chunks, [&](i64 t) {
+    const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
+    bool nan = false;
+    if (a.probs) {
+      block_sums(row_ptr<T>(a, r), c0, c1, ProbW{}, bs.data() + r * nb + c0 / kB);
+    } else if (plain[std::size_t(r)]) {
+      block_stats(row_ptr<T>(a, r), V, c0 / kB, (c1 + kB - 1) / kB, a.temperature[r], bs.data() + r * nb,
+                  bmax.data() + r * nb, nan);
+    } else {
       row_max(row_ptr<T>(a, r) + c0, c1 - c0, cmax[std::size_t(t)], nan);
-      cnan[std::size_t(t)] = nan;
-    });
-  }
+    }
+    cnan[std::size_t(t)] = nan;
+  });
   std::vector<float> m(std::size_t(rows), -kInf);
   std::vector<char> nan(std::size_t(rows), 0), fast(std::size_t(rows), 0);
   for (i64 r = 0; r < rows; ++r) {
@@ -1025,15 +1108,9 @@ template <class T> void run(const SampleArgs& a) {
       m[std::size_t(r)] = std::max(m[std::size_t(r)], cmax[std::size_t(r * chunks + c)]);
       nan[std::size_t(r)] |= cnan[std::size_t(r * chunks + c)];
     }
+    if (plain[std::size_t(r)]) m[std::size_t(r)] = rescale_block_sums(nb, a.temperature[r], bmax.data() + r * nb, bs.data() + r * nb);
     fast[std::size_t(r)] = a.probs ? 1 : plain_fast(a, r, m[std::size_t(r)], nan[std::size_t(r)]);
   }
-  parallel_for(nt, rows * chunks, [&](i64 t) {
-    const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
-    if (!fast[std::size_t(r)]) return;
-    double* out = bs.data() + r * nb + c0 / kB;
-    if (a.probs) block_sums(row_ptr<T>(a, r), c0, c1, ProbW{}, out);
-    else block_sums(row_ptr<T>(a, r), c0, c1, LogitW{m[std::size_t(r)], a.temperature[r]}, out);
-  });
   parallel_for(nt, rows, [&](i64 r) {
     const double* b = fast[std::size_t(r)] ? bs.data() + r * nb : nullptr;
     if (a.probs) probs_row<T>(a, r, b);

@@ -20,7 +20,12 @@ share the row and ``-inf`` entries are never chosen), ``e_i = exp(z_i)``:
    decreasing order of the key, where ``E_i = -log(u_i)``,
    ``u_i = ((w >> 9) + 0.5) * 2**-23`` (float32: 24 significant bits, exact, so ``0 < u < 1`` and
    ``E > 0``), ``w`` = word ``i % 4`` of counter ``c0 = i // 4``.
-5. ``T == 0`` rows are greedy: the lowest index of the maximum.
+5. ``T == 0`` rows are greedy: the lowest index of the maximum; without replacement, the ``n``
+   largest logits in decreasing order, lowest index first on ties (:func:`greedy_order`).
+   Their log-probabilities are 0 (each pick is certain given the ones before it).
+``z_i = s_i / T`` is computed as such (the subtraction first, then one rounded division, never
+``x_i / T - m / T``), except that ``s_i = -inf`` gives ``z_i = -inf`` at every ``T`` (``-inf / inf``
+would be NaN): tiny ``T`` leaves the maxima, ``T = inf`` every finite entry, with equal weights.
 A row with NaN (for probabilities: a negative, NaN or infinite entry), or with fewer than
 ``n`` candidates without replacement (or none at all), gets ``-1`` in the places it cannot
 fill; its log-probability there is NaN. (The policy layer sends a single draw without
@@ -33,7 +38,7 @@ import torch
 
 from .torch_softmax import _row_max, _shifted, chunks
 
-__all__ = ["philox", "race_uniform", "sample_probs", "sample_rows", "uniform_per_sample"]
+__all__ = ["greedy_order", "philox", "race_uniform", "sample_probs", "sample_rows", "uniform_per_sample"]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
@@ -125,6 +130,48 @@ def _draw(
         counts = positive.sum(dim=1, keepdim=True)
         available = torch.arange(num_samples, device=w.device)[None, :] < counts
     return torch.where(available & ok[:, None], idx, -1)
+
+
+def _ordered_key(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys in the order of float32 ``x`` (-0.0 ties with +0.0)."""
+    x = torch.where(x == 0, 0.0, x.float())
+    bits = x.view(torch.int32).to(torch.int64)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def greedy_order(
+    logits: torch.Tensor, m: torch.Tensor, top_k: torch.Tensor | None, top_k_max: int | None, num_samples: int
+) -> torch.Tensor:
+    """Greedy draws without replacement: per row the ``num_samples`` largest logits in decreasing
+    order, lowest index first on ties; ``-1`` past the candidates.
+
+    Candidates are the entries the shift rule keeps (in a row holding ``+inf``, its ``+inf``
+    entries; else every entry ``> -inf``) and, where ``top_k`` is on, those ``>=`` the k-th largest.
+    ``m`` is the row maximum (rows, 1). NaN rows are the caller's to mark.
+    """
+    rows, cols = logits.shape
+    n = min(num_samples, cols)
+    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    cand = torch.where(m == float("inf"), x == float("inf"), x > -float("inf"))
+    if top_k is not None:
+        if top_k_max is not None:
+            ranked = torch.topk(x, min(top_k_max, cols), dim=1).values
+        else:
+            ranked = torch.sort(x, dim=1, descending=True).values
+        kth = ranked.gather(1, (top_k.clamp(1, ranked.shape[1]) - 1)[:, None])
+        cand &= (top_k == 0)[:, None] | (x >= kth)
+    if x.dtype == torch.float64:  # no room for the index next to a 64-bit key: a stable sort
+        key = torch.where(cand, x, -float("inf"))
+        idx = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :n]
+    else:  # (value, -index) packed into one int64, so that topk's order is exact
+        cols_rev = (2**32 - 1) - torch.arange(cols, device=x.device, dtype=torch.int64)
+        key = torch.where(cand, _ordered_key(x) * 2**32 + cols_rev, -(2**63))
+        idx = torch.topk(key, n, dim=1).indices
+    count = cand.sum(dim=1, keepdim=True)
+    idx = torch.where(torch.arange(n, device=x.device)[None, :] < count, idx, -1)
+    if n < num_samples:
+        idx = torch.cat([idx, idx.new_full((rows, num_samples - n), -1)], dim=1)
+    return idx
 
 
 def sample_probs(
@@ -221,6 +268,8 @@ def _sample_chunk(
     s = _shifted(logits, m, acc)
     greedy = temperature == 0
     z = s / torch.where(greedy, 1.0, temperature.to(acc))[:, None]
+    # -inf / inf is NaN: at T = inf, -inf entries stay -inf (no other entry is NaN outside NaN rows)
+    z = torch.nan_to_num_(z, nan=-float("inf"), posinf=float("inf"), neginf=-float("inf"))
     e = torch.exp(z)
     keep = e > 0
     if top_k is not None:
@@ -238,7 +287,10 @@ def _sample_chunk(
     w = torch.where(keep, e, 0)
     has_nan = torch.isnan(m[:, 0])
     drawn = _draw(w, z, ~has_nan, seed, row_id, offset, num_samples, replacement)
-    argmax = logits.argmax(dim=1, keepdim=True).expand(rows, num_samples)
+    if replacement:
+        argmax = logits.argmax(dim=1, keepdim=True).expand(rows, num_samples)
+    else:  # greedy rows without replacement: the n largest, in order
+        argmax = greedy_order(logits, m, top_k, top_k_max, num_samples)
     greedy_ok = (greedy & ~has_nan & (m[:, 0] > -float("inf")))[:, None]
     chosen = torch.where(greedy[:, None], torch.where(greedy_ok, argmax, -1), drawn)
     tokens.copy_(chosen)

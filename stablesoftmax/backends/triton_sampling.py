@@ -96,9 +96,17 @@ def _shift(x, m):
 
 @triton.jit
 def _logit_z(x, m, tdiv):
-    """``z = shift(x, m) / T`` in float32, rounded to nearest like torch's division."""
+    """``z = shift(x, m) / T`` in float32, rounded to nearest like torch's division (the subtraction
+    first, then one division); ``s = -inf`` gives ``-inf`` at every ``T`` (``-inf / inf`` is NaN).
+
+    ``s`` is first clamped to ``-1e38 * min(T, 1)``, so that ``z >= -1e38`` stays finite at tiny
+    ``T`` (no overflow, which the interpreter reports): such an entry's weight is 0 either way.
+    """
     s = _shift(x, m)
-    return tl.math.div_rn(s, tl.zeros_like(s) + tdiv)
+    neg_inf = s == -float("inf")
+    t = tl.zeros_like(s) + tdiv
+    s = tl.maximum(tl.where(neg_inf, -1.0, s), -1e38 * tl.minimum(t, 1.0))
+    return tl.where(neg_inf, -float("inf"), tl.math.div_rn(s, t))
 
 
 @triton.jit
@@ -401,7 +409,8 @@ def sample_rows(
 ) -> None:
     """Sample ``tokens`` (rows, n) int64 from logits (rows, V); see :func:`torch_sampling.sample_rows`.
 
-    ``top_k_max`` is accepted for interface parity; the bisection does not need it.
+    ``top_k_max`` serves only greedy rows without replacement (the reference's
+    :func:`~.torch_sampling.greedy_order`); the bisection does not need it.
     """
     rows, cols = logits.shape
     if rows == 0:
@@ -458,9 +467,9 @@ def sample_rows(
     bm = ws["max"]
     has_nan = torch.isnan(bm).any(dim=1, keepdim=True)
     m = torch.where(torch.isnan(bm), -math.inf, bm).amax(dim=1, keepdim=True)
-    arg = torch.where(bm == m, ws["arg"], 2**31 - 1).amin(dim=1, keepdim=True).to(torch.int64)
     greedy = (temperature == 0)[:, None]
-    greedy_tok = torch.where(m > -math.inf, arg, -1).expand(rows, num_samples)
+    # greedy rows: the n largest logits in order (the reference's rule, sync-free torch ops)
+    greedy_tok = torch.where(m > -math.inf, _reference.greedy_order(logits, m, top_k, top_k_max, num_samples), -1)
     chosen = torch.where(greedy, greedy_tok, drawn)
     chosen = torch.where(has_nan, -1, chosen)
     tokens.copy_(chosen)
