@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._diagnose import Diagnosis, diagnose
 from ._dispatch import BackendStatus, available_backends, backend_for, use_backend
-from ._errors import StableSoftmaxError
+from ._errors import StableSoftmaxError, UnsupportedError
 from ._patch import patch, patched, unpatch
 from ._sampling import multinomial, sample_from_logits
 from ._softmax import log_softmax, softmax
@@ -20,6 +20,7 @@ __all__ = [
     "BackendStatus",
     "Diagnosis",
     "StableSoftmaxError",
+    "UnsupportedError",
     "__version__",
     "available_backends",
     "backend_for",
