@@ -49,7 +49,7 @@ def _check_tensor(x: torch.Tensor, op: str, what: str) -> None:
 
 
 def _is_bool(value: Any) -> bool:
-    """A Python or NumPy bool (both have ``__index__`` or ``__bool__``, neither is a number here)."""
+    """A Python or NumPy bool: never taken as a number here (Python bools have ``__index__``)."""
     return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
 
 
