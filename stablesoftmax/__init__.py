@@ -7,12 +7,25 @@ Three backends behind one dispatch layer: Triton (GPUs), a C++ extension (CPUs) 
 
 from __future__ import annotations
 
-from ._diagnose import Diagnosis, diagnose
-from ._dispatch import BackendStatus, available_backends, backend_for, use_backend
-from ._errors import StableSoftmaxError
-from ._patch import patch, patched, unpatch
-from ._sampling import multinomial, sample_from_logits
-from ._softmax import log_softmax, softmax
+import sys as _sys
+
+if "torch" not in _sys.modules:  # first import of torch: without NumPy, torch warns about it; the package needs none
+    import warnings as _warnings
+
+    with _warnings.catch_warnings():
+        _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+        import torch as _torch  # noqa: F401
+
+from . import _extension
+
+EXTENSION_NOTE = _extension.use_installed_extension(__path__)
+
+from ._diagnose import Diagnosis, diagnose  # noqa: E402
+from ._dispatch import BackendStatus, available_backends, backend_for, use_backend  # noqa: E402
+from ._errors import StableSoftmaxError, UnsupportedError  # noqa: E402
+from ._patch import patch, patched, unpatch  # noqa: E402
+from ._sampling import multinomial, sample_from_logits  # noqa: E402
+from ._softmax import log_softmax, softmax  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -20,6 +33,7 @@ __all__ = [
     "BackendStatus",
     "Diagnosis",
     "StableSoftmaxError",
+    "UnsupportedError",
     "__version__",
     "available_backends",
     "backend_for",

@@ -12,6 +12,7 @@ import platform
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -53,13 +54,20 @@ def _info() -> int:
     except ImportError:
         print("triton: not installed")
     print(_versions())
+    from ._bench import cpu_model
+
     try:
         from stablesoftmax import _C
 
         features = _C.cpu_features()
-        print("cpu: " + ", ".join(f"{k}={v}" for k, v in features.items()) + f", threads={torch.get_num_threads()}")
-    except ImportError:
-        print(f"cpu: {platform.processor() or platform.machine()} (C++ extension not built)")
+        print(
+            f"cpu: {cpu_model()}: " + ", ".join(f"{k}={v}" for k, v in features.items())
+            + f", threads={torch.get_num_threads()}"
+        )  # fmt: skip
+    except ImportError as exc:
+        print(f"cpu: {cpu_model()} (C++ extension not importable: {exc})")
+    if ss.EXTENSION_NOTE:
+        print(f"note: {ss.EXTENSION_NOTE}")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
     print(f"gpu: {gpu}")
     print("backends:")
@@ -74,16 +82,81 @@ def _info() -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from ._bench import SAMPLING_SHAPES, SHAPES, device_name, format_table, run_sampling_bench, run_softmax_bench
+def _bench_device(name: str | None) -> torch.device:
+    """The device to benchmark on; a :class:`_UsageError` for a typo or a device this machine does not have."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise _UsageError(f"--device {name!r} is not a device ({_first_line(exc)}); use cpu or cuda") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise _UsageError(f"--device {name}: no CUDA device is visible here (torch {torch.__version__}); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise _UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return device
+    raise _UsageError(f"--device {name}: the benchmark runs on cpu or cuda, not {device.type}")
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+def _out_dir(path: str) -> Path:
+    """The directory to write into; never the committed bench/results/ of the source tree."""
+    out = Path(path).expanduser()
+    committed = Path(__file__).resolve().parent.parent / "bench" / "results"
+    if out.resolve() == committed.resolve():
+        raise _UsageError(
+            f"--out {path}: that is the committed bench/results/; to update it on purpose run "
+            "python bench/bench_softmax.py --update-results"
+        )
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {path}: exists and is not a directory")
+    return out
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import stablesoftmax as ss
+
+    from . import _bench as b
+
+    try:
+        device = _bench_device(args.device)
+        out = None if args.out is None else _out_dir(args.out)
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     run_time = 0.5 if args.full else 0.2
-    print(f"benchmark on {device_name(device)}, torch {torch.__version__} (median ms; ratios from this run)")
-    print("\nsoftmax (float16 input):")
-    print(format_table(run_softmax_bench(device, SHAPES if args.full else SHAPES[:3], run_time)))
-    print("\nsampling (float16 logits, one token per row):")
-    print(format_table(run_sampling_bench(device, SAMPLING_SHAPES if args.full else SAMPLING_SHAPES[:1], run_time)))
+    print(f"benchmark on {b.device_name(device)}, torch {torch.__version__} (median ms; ratios from this run)")
+    if ss.EXTENSION_NOTE:
+        print(f"note: {ss.EXTENSION_NOTE}")
+    for missing in b.missing_backends(device):
+        print(f"note: no rows for backend {missing}")
+    env = b.environment(device)
+    halves = [
+        ("softmax", "softmax (float16 input):", b.run_softmax_bench, b.SHAPES if args.full else b.SHAPES[:3]),
+        ("sampling", "sampling (float16 logits, one token per row):", b.run_sampling_bench,
+         b.SAMPLING_SHAPES if args.full else b.SAMPLING_SHAPES[:1]),
+    ]  # fmt: skip
+    for op, heading, run, shapes in halves:
+        results = run(device, shapes, run_time)
+        print(f"\n{heading}")
+        print(b.format_table(results))
+        if out is None:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path = out / f"{op}.csv"
+        rows = b.write_csv(results, csv_path, env)
+        written = f"wrote {csv_path} ({rows} rows)"
+        try:
+            title = f"{op} on {b.device_name(device)}, torch {torch.__version__}, stablesoftmax {ss.__version__}"
+            b.plot(results, title, out / f"{op}_{device.type}.png", speedup=op == "sampling")
+            written += f" and {out / f'{op}_{device.type}.png'}"
+        except ImportError:
+            written += " (no plot: pip install matplotlib)"
+        print(written)
+    if out is None:
+        print("\n(pass --out DIR to keep the results: a CSV per half, merged with earlier runs, and a plot)")
     return 0
 
 
@@ -174,8 +247,12 @@ class _UsageError(Exception):
 
 def _load(path: str) -> object:
     """The tensor(s) in a .pt / .pth / .npy / .npz / .safetensors file."""
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise _UsageError(f"{path}: is a directory; pass a tensor file in it (.pt, .pth, .npy, .npz, .safetensors)")
+    if not os.path.exists(path):
         raise _UsageError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise _UsageError(f"{path}: not a regular file")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in (".pt", ".pth", ".npy", ".npz", ".safetensors"):
         raise _UsageError(
@@ -185,9 +262,21 @@ def _load(path: str) -> object:
         if suffix in (".pt", ".pth"):
             return torch.load(path, map_location="cpu", weights_only=True)
         if suffix in (".npy", ".npz"):
-            import numpy
-
-            loaded = numpy.load(path, allow_pickle=False)
+            try:
+                import numpy
+            except ImportError:
+                raise _UsageError(f"{path}: reading {suffix} files needs NumPy: pip install numpy") from None
+            try:
+                loaded = numpy.load(path, allow_pickle=False)
+            except ValueError as exc:
+                if "allow_pickle" not in str(exc):
+                    raise
+                if _pickled_array(path, numpy):  # a real object array: only pickle could read it
+                    raise _UsageError(
+                        f"{path}: holds Python objects (an object array), not numbers; it cannot be read without "
+                        "unpickling, which runs code from the file: save a numeric array instead"
+                    ) from None
+                raise _UsageError(f"{path}: cannot read: not a NumPy {suffix} file (no valid header)") from None
             if isinstance(loaded, numpy.ndarray):
                 return torch.from_numpy(loaded)
             with loaded:
@@ -203,6 +292,19 @@ def _load(path: str) -> object:
         raise
     except Exception as exc:  # any reader's error: name the file, say why, no traceback
         raise _UsageError(f"{path}: cannot read: {_reason(exc)}") from exc
+
+
+def _pickled_array(path: str, numpy: object) -> bool:
+    """Whether a file numpy refused without pickling is a genuine .npy of Python objects (not garbage)."""
+    fmt = numpy.lib.format  # type: ignore[attr-defined]
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            _, _, dtype = read(f, max_header_size=1 << 20)
+        return bool(dtype.hasobject)
+    except Exception:  # not a .npy header at all (an .npz is a zip: numpy names the member)
+        return path.lower().endswith(".npz")
 
 
 def _reason(exc: BaseException) -> str:
@@ -268,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="time each backend against torch softmax and sampling on built-in data")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--full", action="store_true", help="all shapes, longer timing")
+    bench.add_argument(
+        "--out", metavar="DIR", help="write softmax.csv / sampling.csv (merged with earlier runs) and plots into DIR"
+    )
     sub.add_parser("demo", help="what torch answers for overflowed float16 logits, and what stablesoftmax answers")
     diag = sub.add_parser(
         "diagnose",

@@ -2,15 +2,24 @@
 
 Each case times one backend (forced with :func:`~stablesoftmax.use_backend`) against
 ``torch.softmax`` and against a same-size half-to-float copy, in the same process and run.
-CPU timings use :class:`torch.utils.benchmark.Timer` (median of blocked runs, outputs
-allocated inside the timed statement as a real call does); GPU timings use
-``triton.testing.do_bench``.
+CPU timings use :class:`torch.utils.benchmark.Timer` (blocked runs, outputs allocated inside
+the timed statement as a real call does); GPU timings use ``triton.testing.do_bench``. Each
+result carries the 20th, 50th and 80th percentile of the per-call time.
+
+:func:`write_csv` merges results into one CSV (a row per case and machine, replaced when measured
+again) with the package version and git commit, torch version, CPU model, ISA, thread count, GPU
+and timestamp; :func:`plot` draws them.
 """
 
 from __future__ import annotations
 
+import csv
+import datetime
+import os
 import platform
+import subprocess
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,10 +28,30 @@ from ._dispatch import available_backends, use_backend
 from ._sampling import multinomial, sample_from_logits
 from ._softmax import softmax
 
-__all__ = ["SAMPLING_SHAPES", "SHAPES", "Result", "format_table", "run_sampling_bench", "run_softmax_bench"]
+__all__ = [
+    "SAMPLING_SHAPES",
+    "SHAPES",
+    "Result",
+    "environment",
+    "format_table",
+    "impl_label",
+    "plot",
+    "run_sampling_bench",
+    "run_softmax_bench",
+    "write_csv",
+]
 
 SHAPES = [(1, 152_064), (64, 152_064), (256, 32_000), (4096, 4096)]
 SAMPLING_SHAPES = [(1, 152_064), (64, 152_064), (256, 32_000)]
+
+
+# How the package's backends are named in tables, CSV rows and plots: never a bare "torch", which reads
+# as the torch.softmax baseline.
+_IMPL_LABELS = {"cpp": "stablesoftmax[cpp]", "triton": "stablesoftmax[triton]", "torch": "stablesoftmax[torch-ops]"}
+
+
+def impl_label(backend: str) -> str:
+    return _IMPL_LABELS.get(backend, backend)
 
 
 @dataclass
@@ -32,36 +61,117 @@ class Result:
     shape: str
     dtypes: str
     impl: str
-    ms: float
+    ms: float  # the median (p50)
     gbps: float
     speedup_vs_torch: float
     ms_copy: float
+    ms_p20: float = float("nan")
+    ms_p80: float = float("nan")
 
 
-def _timer(fn: Callable[[], object], device: torch.device, min_run_time: float) -> float:
-    """Median milliseconds per call of ``fn``."""
+def _quantiles(times: list[float]) -> tuple[float, float, float]:
+    t = torch.tensor(times, dtype=torch.float64)
+    q = torch.quantile(t, torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64))
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+def _timer(fn: Callable[[], object], device: torch.device, min_run_time: float) -> tuple[float, float, float]:
+    """(p20, p50, p80) milliseconds per call of ``fn``."""
     if device.type == "cuda":
         import triton.testing
 
         rep = max(int(min_run_time * 1000), 50)
-        return float(triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
+        q = triton.testing.do_bench(fn, warmup=25, rep=rep, quantiles=[0.2, 0.5, 0.8])
+        return float(q[0]), float(q[1]), float(q[2])
     from torch.utils import benchmark
 
     fn()  # warm up (first-call dispatch, thread pool start)
     measurement = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return measurement.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    m = measurement.blocked_autorange(min_run_time=min_run_time)
+    p20, p50, p80 = _quantiles(m.times) if len(m.times) > 1 else (m.median,) * 3
+    return p20 * 1e3, p50 * 1e3, p80 * 1e3
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "Hardware")) and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            cmd = ["sysctl", "-n", "machdep.cpu.brand_string"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} cpu x{torch.get_num_threads()}"
+    return f"{cpu_model()} x{torch.get_num_threads()} threads"
+
+
+def _git_commit() -> str:
+    """The commit of the source tree the package was imported from ('' for an installed copy)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return ""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if out.returncode != 0:
+        return ""
+    return out.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Where a benchmark ran: recorded in every CSV row."""
+    from . import __version__
+
+    try:
+        from . import _C
+
+        isa = str(_C.cpu_features().get("isa", ""))
+    except ImportError:
+        isa = "none (no C++ extension)"
+    gpu = torch.cuda.get_device_name(device if device.type == "cuda" else None) if torch.cuda.is_available() else ""
+    return {
+        "package_version": __version__,
+        "git_commit": _git_commit(),
+        "torch_version": torch.__version__,
+        "cpu_model": cpu_model(),
+        "isa": isa,
+        "threads": str(torch.get_num_threads()),
+        "gpu": gpu,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _backends_for(device: torch.device) -> list[str]:
     statuses = available_backends()
     names = ["triton", "torch"] if device.type == "cuda" else ["cpp", "torch"]
     return [n for n in names if statuses[n].available]
+
+
+def missing_backends(device: torch.device) -> list[str]:
+    """The backends that would be timed on ``device`` but cannot run here, with the reason."""
+    statuses = available_backends()
+    names = ["triton"] if device.type == "cuda" else ["cpp"]
+    return [f"{n}: {statuses[n].reason}" for n in names if not statuses[n].available]
 
 
 def run_softmax_bench(
@@ -74,19 +184,19 @@ def run_softmax_bench(
     results = []
     for rows, cols in shapes or SHAPES:
         x = torch.randn(rows, cols, device=device).mul_(4).half()
-        copy_ms = _timer(lambda x=x: x.float(), device, min_run_time)
+        copy_ms = _timer(lambda x=x: x.float(), device, min_run_time)[1]
         for out_dtype in (torch.float16, torch.float32):
             dtype_arg = None if out_dtype == torch.float16 else out_dtype
             bytes_moved = x.numel() * (x.element_size() + out_dtype.itemsize)
-            base_ms = _timer(lambda x=x, d=dtype_arg: torch.softmax(x, -1, dtype=d), device, min_run_time)
+            b20, base_ms, b80 = _timer(lambda x=x, d=dtype_arg: torch.softmax(x, -1, dtype=d), device, min_run_time)
             label = f"float16->{str(out_dtype).replace('torch.', '')}"
             results.append(Result(str(device.type), "softmax", f"{rows}x{cols}", label, "torch.softmax",
-                                  base_ms, bytes_moved / base_ms / 1e6, 1.0, copy_ms))  # fmt: skip
+                                  base_ms, bytes_moved / base_ms / 1e6, 1.0, copy_ms, b20, b80))  # fmt: skip
             for name in _backends_for(device):
                 with use_backend(name):
-                    ms = _timer(lambda x=x, d=dtype_arg: softmax(x, -1, dtype=d), device, min_run_time)
-                results.append(Result(str(device.type), "softmax", f"{rows}x{cols}", label, name,
-                                      ms, bytes_moved / ms / 1e6, base_ms / ms, copy_ms))  # fmt: skip
+                    p20, ms, p80 = _timer(lambda x=x, d=dtype_arg: softmax(x, -1, dtype=d), device, min_run_time)
+                results.append(Result(str(device.type), "softmax", f"{rows}x{cols}", label, impl_label(name),
+                                      ms, bytes_moved / ms / 1e6, base_ms / ms, copy_ms, p20, p80))  # fmt: skip
     return results
 
 
@@ -132,14 +242,14 @@ def run_sampling_bench(
         ]  # fmt: skip
         for label, baseline, baseline_name, ours, data in cases:
             bytes_read = data.numel() * data.element_size()
-            base_ms = _timer(baseline, device, min_run_time)
+            b20, base_ms, b80 = _timer(baseline, device, min_run_time)
             results.append(Result(str(device.type), "sampling", f"{rows}x{cols}", label, baseline_name,
-                                  base_ms, bytes_read / base_ms / 1e6, 1.0, float("nan")))  # fmt: skip
+                                  base_ms, bytes_read / base_ms / 1e6, 1.0, float("nan"), b20, b80))  # fmt: skip
             for name in _backends_for(device):
                 with use_backend(name):
-                    ms = _timer(ours, device, min_run_time)
-                results.append(Result(str(device.type), "sampling", f"{rows}x{cols}", label, name,
-                                      ms, bytes_read / ms / 1e6, base_ms / ms, float("nan")))  # fmt: skip
+                    p20, ms, p80 = _timer(ours, device, min_run_time)
+                results.append(Result(str(device.type), "sampling", f"{rows}x{cols}", label, impl_label(name),
+                                      ms, bytes_read / ms / 1e6, base_ms / ms, float("nan"), p20, p80))  # fmt: skip
     return results
 
 
@@ -155,11 +265,81 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(results: list[Result], path: str) -> None:
-    import csv
+# The columns that say which measurement a CSV row is: measuring it again replaces the row.
+KEY_COLUMNS = ("op", "shape", "dtypes", "impl", "device", "cpu_model", "gpu", "isa", "threads", "torch_version",
+               "package_version", "git_commit")  # fmt: skip
 
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Result)])
+
+def _columns() -> list[str]:
+    env = ["package_version", "git_commit", "torch_version", "cpu_model", "isa", "threads", "gpu", "timestamp"]
+    return [f.name for f in fields(Result)] + env
+
+
+def write_csv(results: list[Result], path: str | os.PathLike[str], env: dict[str, str]) -> int:
+    """Merge ``results`` (measured in ``env``) into the CSV at ``path``; returns the number of rows written.
+
+    Rows already there with the same :data:`KEY_COLUMNS` are replaced, others are kept, new ones appended.
+    """
+    columns = _columns()
+    rows: dict[tuple[str, ...], dict[str, str]] = {}
+    path = Path(path)
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                full = {c: row.get(c) or "" for c in columns}
+                rows[tuple(full[c] for c in KEY_COLUMNS)] = full
+    for r in results:
+        full = {c: str(v) for c, v in {**asdict(r), **env}.items()}
+        rows[tuple(full[c] for c in KEY_COLUMNS)] = full
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        for r in results:
-            writer.writerow(asdict(r))
+        writer.writerows(rows.values())
+    os.replace(tmp, path)
+    return len(rows)
+
+
+# One colour per implementation, whatever subset a plot shows (baselines grey, the package's backends coloured).
+_COLOURS = {
+    "stablesoftmax[cpp]": "#1f77b4",
+    "stablesoftmax[triton]": "#2ca02c",
+    "stablesoftmax[torch-ops]": "#ff7f0e",
+    "torch.softmax": "#7f7f7f",
+    "torch softmax+multinomial": "#7f7f7f",
+    "transformers pipeline": "#a0a0a0",
+    "torch.multinomial": "#7f7f7f",
+}
+_ORDER = list(_COLOURS)
+
+
+def plot(results: list[Result], title: str, path: str | os.PathLike[str], speedup: bool = False) -> None:
+    """A grouped bar chart (GB/s, or speed-up over the baseline on a log scale): legend outside the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if speedup:  # the baselines are the line at 1x (their names differ per case: one bar series each would gap)
+        results = [r for r in results if r.impl in _IMPL_LABELS.values()]
+    groups = list(dict.fromkeys((r.shape, r.dtypes) for r in results))  # in the order measured
+    impls = sorted({r.impl for r in results}, key=lambda name: _ORDER.index(name) if name in _ORDER else len(_ORDER))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(groups) + 3), 4.8))
+    width = 0.8 / max(len(impls), 1)
+    for i, impl in enumerate(impls):
+        value = (lambda r: r.speedup_vs_torch) if speedup else (lambda r: r.gbps)
+        heights = [next((value(r) for r in results if (r.shape, r.dtypes, r.impl) == (*g, impl)), 0) for g in groups]
+        ax.bar([j + i * width for j in range(len(groups))], heights, width, label=impl, color=_COLOURS.get(impl))
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels([f"{s}\n{d}" for s, d in groups], fontsize=8, rotation=30, ha="right")
+    if speedup:
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="black", linewidth=0.8, label="baseline (torch / transformers), 1x")
+        ax.set_ylabel("speed-up over the baseline (x), higher is better")
+    else:
+        ax.set_ylabel("effective GB/s (read + write), higher is better")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

@@ -260,6 +260,7 @@ def sample_from_logits(
     op = "sample_from_logits"
     _sampling._check_tensor(logits, op, "logits")
     _sampling._check_num_samples(num_samples, op)
+    _sampling._check_bool(replacement, f"{op}(): replacement")
     temperature_t, temperature_v = _split(temperature)
     top_k_t, top_k_v = _split(top_k)
     top_p_t, top_p_v = _split(top_p)
@@ -276,6 +277,7 @@ def sample_from_logits(
         seed_v = _sampling.wrap_int64(seed_v)  # as eager
     if offset_t is None:
         _check_int(offset_v, "offset")
+        offset_v = _sampling.wrap_int64(offset_v)  # as eager: modulo 2**64
     else:
         offset_v = 0  # unused: the tensor is passed
     tokens, logprobs = _sample_op(
@@ -308,4 +310,5 @@ def multinomial(
         return _multinomial_with_generator(input, num_samples, replacement, generator=generator)
     _sampling._check_tensor(input, "multinomial", "input")
     _sampling._check_num_samples(num_samples, "multinomial")
+    _sampling._check_bool(replacement, "multinomial(): replacement")
     return _multinomial_op(input, num_samples, replacement)

@@ -1,8 +1,8 @@
-"""The package's error type."""
+"""The package's error types."""
 
 from __future__ import annotations
 
-__all__ = ["StableSoftmaxError"]
+__all__ = ["StableSoftmaxError", "UnsupportedError"]
 
 
 class StableSoftmaxError(RuntimeError):
@@ -10,4 +10,11 @@ class StableSoftmaxError(RuntimeError):
 
     A subclass of :class:`RuntimeError`, so code that caught the errors torch raises for
     the same calls keeps working.
+    """
+
+
+class UnsupportedError(StableSoftmaxError, NotImplementedError):
+    """A dtype or layout the package does not handle (integer, complex, nested, sparse, ...).
+
+    Also a :class:`NotImplementedError`, the type torch raises for the same calls.
     """

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Union
+import numbers
+import operator
+from typing import Any, Literal, Union, overload
 
 import torch
 
 from ._dispatch import sampling_kernels_for
-from ._errors import StableSoftmaxError
+from ._errors import StableSoftmaxError, UnsupportedError
 from ._softmax import FLOAT_DTYPES
 
 __all__ = ["multinomial", "sample_from_logits"]
@@ -36,13 +38,64 @@ _EMPTY_HINT = (
 def _check_tensor(x: torch.Tensor, op: str, what: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}(): {what} must be a torch.Tensor, not {type(x).__name__}")
+    if x.is_nested or x.layout != torch.strided:
+        kind = "a nested" if x.is_nested else f"a {x.layout} (sparse)"
+        raise UnsupportedError(
+            f"{op}(): {what} is {kind} tensor; only dense (strided) tensors are supported: "
+            "pass a dense tensor (e.g. t.to_padded_tensor(...) or t.to_dense()), or one component at a time"
+        )
     if x.dtype not in FLOAT_DTYPES:
         raise StableSoftmaxError(f"{op}(): {what} must be float16, bfloat16, float32 or float64, not {x.dtype}")
 
 
-def _check_num_samples(num_samples: int, op: str) -> None:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise StableSoftmaxError(f"{op}(): num_samples must be a positive int, not {num_samples!r}")
+def _is_bool(value: Any) -> bool:
+    """A Python or NumPy bool: never taken as a number here (Python bools have ``__index__``)."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
+
+
+def _as_int(value: Any, what: str) -> int:
+    """An integral argument as a Python int: int, NumPy integer, anything with ``__index__``; not bool, not float."""
+    if not _is_bool(value):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+
+
+def _as_real(value: Any, what: str) -> float:
+    """A real scalar argument (int, float, NumPy number) as a float; not bool, complex or str."""
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number or a tensor, not {type(value).__name__}")
+    return float(value)
+
+
+def _check_bool(value: Any, what: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, not {type(value).__name__}")
+
+
+def _check_generator(generator: Any, op: str) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{op}(): generator must be a torch.Generator or None, not {type(generator).__name__}")
+
+
+def _check_num_samples(num_samples: Any, op: str) -> int:
+    """``num_samples`` as an int >= 1 (an int, NumPy integer or 0-dim integer tensor, as torch takes)."""
+    n = _as_int(num_samples, f"{op}(): num_samples")
+    if n < 1:
+        raise StableSoftmaxError(f"{op}(): num_samples must be a positive int, not {n}")
+    return n
+
+
+def _check_param_tensor(value: torch.Tensor, name: str, integer: bool) -> None:
+    """A per-row parameter tensor: dense, real, integer-valued where ``integer``."""
+    if value.is_nested or value.layout != torch.strided:
+        raise UnsupportedError(f"{name} must be a dense (strided) tensor, not a nested or sparse one")
+    dtype = value.dtype
+    if dtype.is_complex or dtype == torch.bool or (integer and dtype.is_floating_point):
+        want = "an integer tensor (e.g. torch.int64)" if integer else "a real (float or integer) tensor"
+        raise StableSoftmaxError(f"{name} must be {want}, not {dtype}")
 
 
 def wrap_int64(seed: int) -> int:
@@ -87,11 +140,17 @@ def _per_row(value: RowParam, rows: int, batch: torch.Size, device: torch.device
     """A scalar or a tensor broadcastable to the batch shape, as a contiguous 1-D tensor of ``rows`` entries."""
     if isinstance(value, torch.Tensor):
         try:
-            return value.to(device=device, dtype=dtype).expand(batch).reshape(rows).contiguous()
+            shaped = value.expand(batch)
         except RuntimeError as exc:
             raise StableSoftmaxError(
                 f"{name} of shape {tuple(value.shape)} does not match the batch shape {tuple(batch)}"
             ) from exc
+        if value.device.type == "meta" and device.type != "meta":
+            raise StableSoftmaxError(
+                f"{name} is on the meta device (it holds no values) but the logits are on {device}: "
+                f"create {name} on {device}"
+            )
+        return shaped.to(device=device, dtype=dtype).reshape(rows).contiguous()
     return _constant(value, rows, dtype, device)
 
 
@@ -106,10 +165,13 @@ def _random_stream(
     """Philox key per row, counter row id per row, offset per row (all int64)."""
     if seed is not None and generator is not None:
         raise StableSoftmaxError("pass seed or generator, not both")
+    if isinstance(offset, torch.Tensor):
+        _check_param_tensor(offset, "offset", integer=True)
+    else:
+        offset = wrap_int64(_as_int(offset, "offset"))  # modulo 2**64, as the SPEC says
     offsets = _per_row(offset, rows, batch, device, torch.int64, "offset")
     if isinstance(seed, torch.Tensor):  # per-row seeds: each row keyed by its own seed alone
-        if seed.dtype.is_floating_point or seed.dtype.is_complex:
-            raise StableSoftmaxError(f"seed must be an int or an integer tensor, not {seed.dtype}")
+        _check_param_tensor(seed, "seed", integer=True)
         keys = _per_row(seed, rows, batch, device, torch.int64, "seed")
         return keys, _constant(0, rows, torch.int64, device), offsets
     if seed is None:  # draw the call's seed from the generator, so manual_seed reproduces the run
@@ -119,9 +181,7 @@ def _random_stream(
         if rows > 1:
             keys = keys.expand(rows).contiguous()
     else:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise StableSoftmaxError(f"seed must be an int or an int64 tensor, not {type(seed).__name__}")
-        keys = _constant(wrap_int64(seed), rows, torch.int64, device)
+        keys = _constant(wrap_int64(_as_int(seed, "seed")), rows, torch.int64, device)
     return keys, _row_ids(rows, device), offsets
 
 
@@ -135,7 +195,9 @@ def _counts(row: torch.Tensor) -> str:
 def _rows_error(op: str, x: torch.Tensor, bad_rows: list[int], why: str, hint: str) -> StableSoftmaxError:
     shown = ", ".join(str(r) for r in bad_rows[:_SHOWN_ROWS]) + (", ..." if len(bad_rows) > _SHOWN_ROWS else "")
     details = "; ".join(f"row {r}: {_counts(x[r])}" for r in bad_rows[:_SHOWN_ROWS])
-    return StableSoftmaxError(f"{op}(): {len(bad_rows)} of {x.shape[0]} rows {why} (rows {shown}). {details}. {hint}")
+    return StableSoftmaxError(
+        f"{op}(): {len(bad_rows)} of {x.shape[0]} rows {why} ({_rows_word(bad_rows)} {shown}). {details}. {hint}"
+    )
 
 
 def _raise_for_bad_rows(
@@ -169,10 +231,18 @@ def _draw_with_replacement(num_samples: int, replacement: bool) -> bool:
     return replacement or num_samples == 1
 
 
+def _real_param(value: RowParam, name: str) -> RowParam:
+    """A float-valued per-row parameter: a real scalar (as float) or a real tensor."""
+    if isinstance(value, torch.Tensor):
+        _check_param_tensor(value, name, integer=False)
+        return value
+    return _as_real(value, name)
+
+
 def _check_range(value: RowParam, name: str, low: float, high: float, low_open: bool, validate: bool) -> None:
     """Check a scalar always, a tensor only when validating (that costs a device sync)."""
     if isinstance(value, torch.Tensor):
-        if not validate:
+        if not validate or value.device.type == "meta":  # meta: no values; _per_row names the problem
             return
         v = value.double()
         ok = bool(((v > low) if low_open else (v >= low)).all() and (v <= high).all())
@@ -183,6 +253,60 @@ def _check_range(value: RowParam, name: str, low: float, high: float, low_open: 
     if not ok:
         bracket = "(" if low_open else "["
         raise StableSoftmaxError(f"{name} must lie in {bracket}{low}, {high}], got {shown}")
+
+
+@overload
+def sample_from_logits(
+    logits: torch.Tensor,
+    num_samples: int = 1,
+    *,
+    temperature: RowParam = 1.0,
+    top_k: RowParam | None = None,
+    top_p: RowParam | None = None,
+    min_p: RowParam | None = None,
+    replacement: bool = True,
+    generator: torch.Generator | None = None,
+    seed: RowParam | None = None,
+    offset: RowParam = 0,
+    return_logprobs: Literal[False] = False,
+    validate: bool = True,
+) -> torch.Tensor: ...
+
+
+@overload
+def sample_from_logits(
+    logits: torch.Tensor,
+    num_samples: int = 1,
+    *,
+    temperature: RowParam = 1.0,
+    top_k: RowParam | None = None,
+    top_p: RowParam | None = None,
+    min_p: RowParam | None = None,
+    replacement: bool = True,
+    generator: torch.Generator | None = None,
+    seed: RowParam | None = None,
+    offset: RowParam = 0,
+    return_logprobs: Literal[True],
+    validate: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def sample_from_logits(
+    logits: torch.Tensor,
+    num_samples: int = 1,
+    *,
+    temperature: RowParam = 1.0,
+    top_k: RowParam | None = None,
+    top_p: RowParam | None = None,
+    min_p: RowParam | None = None,
+    replacement: bool = True,
+    generator: torch.Generator | None = None,
+    seed: RowParam | None = None,
+    offset: RowParam = 0,
+    return_logprobs: bool = False,
+    validate: bool = True,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def sample_from_logits(
@@ -256,7 +380,20 @@ def sample_from_logits(
         )  # fmt: skip
     op = "sample_from_logits"
     _check_tensor(logits, op, "logits")
-    _check_num_samples(num_samples, op)
+    num_samples = _check_num_samples(num_samples, op)
+    _check_bool(replacement, f"{op}(): replacement")
+    _check_bool(return_logprobs, f"{op}(): return_logprobs")
+    _check_bool(validate, f"{op}(): validate")
+    _check_generator(generator, op)
+    temperature = _real_param(temperature, "temperature")
+    top_p = None if top_p is None else _real_param(top_p, "top_p")
+    min_p = None if min_p is None else _real_param(min_p, "min_p")
+    if isinstance(top_k, torch.Tensor):
+        _check_param_tensor(top_k, "top_k", integer=True)
+    elif top_k is not None:
+        top_k = _as_int(top_k, "top_k")
+        if top_k < 0:
+            raise StableSoftmaxError(f"top_k must be a non-negative int or an int tensor, got {top_k!r}")
     if logits.ndim == 0 or logits.shape[-1] == 0:
         raise StableSoftmaxError(f"{op}(): logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
     vocab = logits.shape[-1]
@@ -267,7 +404,7 @@ def sample_from_logits(
     batch = logits.shape[:-1]
     rows = math.prod(batch)
     device = logits.device
-    if rows == 0:
+    if rows == 0 or device.type == "meta":  # nothing to draw, or no data to draw from: shapes only
         empty = torch.empty((*batch, num_samples), dtype=torch.int64, device=device)
         return (empty, empty.float()) if return_logprobs else empty
     x = logits.reshape(rows, vocab)
@@ -284,11 +421,8 @@ def sample_from_logits(
         _check_range(top_k, "top_k", 0, math.inf, False, validate)
         k_tensor = _per_row(top_k, rows, batch, device, torch.int64, "top_k")
         k_tensor = torch.where((k_tensor > 0) & (k_tensor < vocab), k_tensor, 0)
-    elif top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise StableSoftmaxError(f"top_k must be a non-negative int or an int tensor, got {top_k!r}")
-        if 0 < top_k < vocab:
-            k_tensor, k_max = torch.full((rows,), top_k, dtype=torch.int64, device=device), top_k
+    elif top_k is not None and 0 < top_k < vocab:
+        k_tensor, k_max = torch.full((rows,), top_k, dtype=torch.int64, device=device), top_k
     if top_p is not None:
         _check_range(top_p, "top_p", 0.0, 1.0, True, validate)
         if isinstance(top_p, torch.Tensor) or top_p < 1:
@@ -345,23 +479,35 @@ def _raise_for_bad_probs(p: torch.Tensor, tokens: torch.Tensor, num_samples: int
             if bool(hit)
         ]
         details = "; ".join(_describe_entries(rows_part[i], r) for i, r in enumerate(shown))
-        non_finite = bool((~torch.isfinite(rows_part)).any())
-        hint = _OVERFLOW_HINT if non_finite else "Probabilities must be finite and >= 0."
+        hints = []
+        if bool((torch.isnan(rows_part) | (rows_part == math.inf)).any()):
+            hints.append(_OVERFLOW_HINT)
+        if bool((rows_part < 0).any()):
+            hints.append(
+                "Negative entries mean the input is not probabilities (logits or log-probabilities?): "
+                "pass softmax(logits) or exp(logprobs), or sample the logits with sample_from_logits."
+            )
         more = ", ..." if len(invalid_rows) > _SHOWN_ROWS else ""
         raise StableSoftmaxError(
             f"{op}(): probability tensor contains {' and '.join(kinds)} entries in {len(invalid_rows)} of "
-            f"{p.shape[0]} rows (rows {', '.join(map(str, shown))}{more}). {details}. {hint}"
+            f"{p.shape[0]} rows ({_rows_word(shown)} {', '.join(map(str, shown))}{more}). {details}. " + " ".join(hints)
         )
     positive = (sub > 0).sum(dim=1).tolist()
     zero_rows = [r for r, n in zip(bad_rows, positive) if n == 0]
     if zero_rows:
         raise _rows_error(op, p, zero_rows, "sum to zero, nothing to draw", _EMPTY_HINT)
     r0 = bad_rows[0]
+    shown = bad_rows[:_SHOWN_ROWS]
+    verb = "has" if len(bad_rows) == 1 else "have"
     raise StableSoftmaxError(
-        f"{op}(): rows {', '.join(map(str, bad_rows[:_SHOWN_ROWS]))} have fewer non-zero entries "
-        f"(row {r0}: {positive[0]}) than num_samples={num_samples} without replacement (torch would "
-        "return zero-probability entries). Fix: replacement=True or fewer samples."
+        f"{op}(): {_rows_word(bad_rows)} {', '.join(map(str, shown))}{', ...' if len(bad_rows) > len(shown) else ''} "
+        f"{verb} fewer non-zero entries (row {r0}: {positive[0]}) than num_samples={num_samples} without replacement "
+        "(torch would return zero-probability entries). Fix: replacement=True or fewer samples."
     )
+
+
+def _rows_word(rows: list[int]) -> str:
+    return "row" if len(rows) == 1 else "rows"
 
 
 def multinomial(
@@ -405,17 +551,22 @@ def multinomial(
         return _compiled.multinomial(input, num_samples, replacement, generator=generator)
     op = "multinomial"
     _check_tensor(input, op, "input")
-    _check_num_samples(num_samples, op)
-    if input.ndim not in (1, 2) or input.shape[-1] == 0:
-        raise StableSoftmaxError(
-            f"{op}(): input must be 1-D or 2-D with at least one category, got {tuple(input.shape)}"
-        )
+    num_samples = _check_num_samples(num_samples, op)
+    _check_bool(replacement, f"{op}(): replacement")
+    _check_generator(generator, op)
+    if input.ndim not in (1, 2):
+        raise StableSoftmaxError(f"{op}(): input must be 1-D or 2-D, got shape {tuple(input.shape)}")
     p = input if input.ndim == 2 else input.unsqueeze(0)
     rows = p.shape[0]
     if not replacement and num_samples > p.shape[1]:
         raise StableSoftmaxError(
             f"{op}(): cannot draw {num_samples} samples without replacement from {p.shape[1]} categories"
         )
+    if rows == 0 or p.device.type == "meta":  # as torch: no rows give no draws; a meta tensor gives the shape
+        tokens = torch.empty((rows, num_samples), dtype=torch.int64, device=p.device)
+        return tokens if input.ndim == 2 else tokens.view(num_samples)
+    if p.shape[1] == 0:
+        raise StableSoftmaxError(f"{op}(): input has no categories (shape {tuple(input.shape)}): nothing to draw")
     if p.stride(1) != 1:
         p = p.contiguous()
     keys, row_ids, offsets = _random_stream(None, 0, generator, rows, torch.Size([rows]), p.device)

@@ -11,26 +11,42 @@ stay NaN.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
 
 from ._dispatch import kernels_for
-from ._errors import StableSoftmaxError
+from ._errors import StableSoftmaxError, UnsupportedError
 
 __all__ = ["log_softmax", "softmax"]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_PYTHON_DTYPES = {float: torch.float64, int: torch.int64, bool: torch.bool, complex: torch.complex128}
 
 
 def _output_dtype(input: torch.Tensor, dtype: torch.dtype | None, op: str) -> torch.dtype:
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{op}(): input must be a torch.Tensor, not {type(input).__name__}")
+    dtype = _PYTHON_DTYPES.get(dtype, dtype) if isinstance(dtype, type) else dtype  # dtype=float, as torch
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{op}(): dtype must be a torch.dtype or None, not {type(dtype).__name__}")
+    if input.is_nested or input.layout != torch.strided:
+        kind = "a nested" if input.is_nested else f"a {input.layout} (sparse)"
+        raise UnsupportedError(
+            f"{op}(): input is {kind} tensor; only dense (strided) tensors are supported: use torch.{op} for it, "
+            "or pass a dense tensor (t.to_dense(), t.to_padded_tensor(float('-inf'))) or one component at a time"
+        )
+    if input.is_complex():
+        raise UnsupportedError(f"{op}(): complex input ({input.dtype}) is not supported; take .real or .abs() first")
+    if dtype is None and input.dtype not in FLOAT_DTYPES:
+        raise UnsupportedError(
+            f"{op}(): input dtype {input.dtype} is not supported; pass dtype=torch.float32 to convert it"
+        )
     out_dtype = input.dtype if dtype is None else dtype
     if out_dtype not in FLOAT_DTYPES:
-        raise StableSoftmaxError(
+        raise UnsupportedError(
             f"{op}(): output dtype {out_dtype} is not supported; use float16, bfloat16, float32 or float64"
-            + ("" if dtype is not None else " (or pass dtype=torch.float32)")
         )
     return out_dtype
 
@@ -38,6 +54,12 @@ def _output_dtype(input: torch.Tensor, dtype: torch.dtype | None, op: str) -> to
 def _normalize_dim(dim: int | None, ndim: int, op: str) -> int:
     if dim is None:
         raise StableSoftmaxError(f"{op}(): dim must be given (an int); implicit dim choice is deprecated in torch")
+    if isinstance(dim, bool) or (type(dim).__module__ == "numpy" and type(dim).__name__ in ("bool", "bool_")):
+        raise TypeError(f"{op}(): dim must be an int, not {type(dim).__name__}")
+    try:
+        dim = operator.index(dim)  # int, NumPy integer, 0-dim integer tensor: as torch
+    except TypeError:
+        raise TypeError(f"{op}(): dim must be an int, not {type(dim).__name__}") from None
     rank = max(ndim, 1)
     if not -rank <= dim < rank:
         raise IndexError(f"{op}(): dim {dim} is out of range for a tensor of {ndim} dimensions")
@@ -104,12 +126,6 @@ class _SoftmaxFunction(torch.autograd.Function):
 def _apply(input: torch.Tensor, dim: int | None, dtype: torch.dtype | None, log: bool) -> torch.Tensor:
     op = "log_softmax" if log else "softmax"
     out_dtype = _output_dtype(input, dtype, op)
-    if input.dtype not in FLOAT_DTYPES and dtype is None:
-        raise StableSoftmaxError(
-            f"{op}(): input dtype {input.dtype} is not supported; pass dtype=torch.float32 to convert it"
-        )
-    if input.is_complex():
-        raise StableSoftmaxError(f"{op}(): complex input ({input.dtype}) is not supported")
     d = _normalize_dim(dim, input.ndim, op)
     if input.requires_grad and torch.is_grad_enabled():
         return _SoftmaxFunction.apply(input, d, out_dtype, log)

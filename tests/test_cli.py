@@ -312,3 +312,163 @@ def test_entry_point_subprocess(tmp_path: Path, gen, bad_logits) -> None:
     )
     assert proc.returncode == 1, proc.stderr
     assert table(proc.stdout) == {1: (2, 0, 0), 3: (0, 0, 10), 4: (0, 1, 0)}
+
+
+def test_diagnose_npy_errors_say_what_is_wrong(tmp_path: Path, capsys, monkeypatch) -> None:
+    np = pytest.importorskip("numpy")
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"\x00not an array at all" * 10)
+    status, out, err = run(capsys, str(garbage))
+    assert status == 2 and out == "" and "allow_pickle" not in err and "not a NumPy .npy file" in err
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    status, _, err = run(capsys, str(objects))
+    assert status == 2 and "allow_pickle" not in err and "Python objects" in err
+    status, _, err = run(capsys, str(tmp_path))  # a directory is not "no such file"
+    assert status == 2 and "is a directory" in err and "no such file" not in err
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((2, 3), dtype=np.float32))
+    monkeypatch.setitem(sys.modules, "numpy", None)  # numpy absent: import numpy raises ImportError
+    status, _, err = run(capsys, str(good))
+    assert status == 2 and "pip install numpy" in err and err.count("\n") == 1
+
+
+# --- bench ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["meta", "cdua", "cuda:99", *([] if torch.cuda.is_available() else ["cuda"])])
+def test_bench_unknown_or_absent_device_is_one_line_exit_2(capsys, device: str) -> None:
+    assert main(["bench", "--device", device]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: --device") and captured.err.count("\n") == 1
+
+
+def test_bench_never_writes_over_the_committed_results(capsys) -> None:
+    committed = Path(__file__).resolve().parent.parent / "bench" / "results"
+    assert main(["bench", "--out", str(committed)]) == 2
+    assert "committed bench/results" in capsys.readouterr().err
+
+
+def _fake_results(impl_ms: float) -> list:
+    from stablesoftmax._bench import Result
+
+    return [
+        Result("cpu", "softmax", "2x8", "float16->float16", "torch.softmax", 2.0, 1.0, 1.0, 0.5, 1.9, 2.1),
+        Result("cpu", "softmax", "2x8", "float16->float16", "stablesoftmax[cpp]", impl_ms, 2.0, 2.0, 0.5, 0.9, 1.1),
+    ]
+
+
+def test_bench_out_writes_merged_csv_with_the_environment(tmp_path: Path, capsys, monkeypatch) -> None:
+    import csv
+
+    from stablesoftmax import _bench
+
+    monkeypatch.setattr(_bench, "run_softmax_bench", lambda *a: _fake_results(1.0))
+    monkeypatch.setattr(_bench, "run_sampling_bench", lambda *a: [])
+    monkeypatch.setattr(_bench, "plot", lambda *a, **k: None)
+    out = tmp_path / "results"
+    assert main(["bench", "--device", "cpu", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with open(out / "softmax.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for column in ("package_version", "git_commit", "torch_version", "cpu_model", "isa", "threads", "gpu",
+                   "timestamp", "ms_p20", "ms", "ms_p80"):  # fmt: skip
+        assert column in rows[0]
+    assert rows[0]["torch_version"] == torch.__version__ and rows[0]["threads"] == str(torch.get_num_threads())
+    assert rows[1]["impl"] == "stablesoftmax[cpp]" and float(rows[1]["ms_p20"]) <= float(rows[1]["ms"])
+    # measured again: the same keys replace their rows; a row measured elsewhere (another thread count) stays
+    with open(out / "softmax.csv", newline="") as f:
+        text = f.read()
+    (out / "softmax.csv").write_text(text + text.splitlines()[1].replace(",2,", ",64,", 1) + "\n")
+    monkeypatch.setattr(_bench, "run_softmax_bench", lambda *a: _fake_results(0.5))
+    assert main(["bench", "--device", "cpu", "--out", str(out)]) == 0
+    with open(out / "softmax.csv", newline="") as f:
+        again = list(csv.DictReader(f))
+    assert len(again) == 3
+    assert float(next(r for r in again if r["impl"] == "stablesoftmax[cpp]")["ms"]) == 0.5
+
+
+def test_bench_labels_and_missing_backend_note(capsys, monkeypatch) -> None:
+    from stablesoftmax import _bench, _dispatch
+
+    assert _bench.impl_label("torch") == "stablesoftmax[torch-ops]" != "torch.softmax"
+    statuses = dict(_dispatch.available_backends())
+    statuses["cpp"] = ss.BackendStatus("cpp", False, "C++ extension not importable (test)")
+    monkeypatch.setattr(_bench, "available_backends", lambda: statuses)
+    monkeypatch.setattr(_bench, "run_softmax_bench", lambda *a: [])
+    monkeypatch.setattr(_bench, "run_sampling_bench", lambda *a: [])
+    assert main(["bench", "--device", "cpu"]) == 0
+    assert "note: no rows for backend cpp: C++ extension not importable (test)" in capsys.readouterr().out
+
+
+def test_plot_has_stable_colours_and_says_higher_is_better(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from stablesoftmax import _bench
+
+    _bench.plot(_fake_results(1.0), "t", tmp_path / "a.png")
+    _bench.plot(_fake_results(1.0), "t", tmp_path / "b.png", speedup=True)
+    assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").stat().st_size > 1000
+
+
+# --- running from a source checkout ----------------------------------------------------------------------------
+
+
+def _package(root: Path, version: str, built: bool) -> Path:
+    import importlib.machinery
+
+    pkg = root / "stablesoftmax"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    if built:
+        (pkg / f"_C{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    return pkg
+
+
+def test_source_tree_without_extension_uses_the_installed_copy(tmp_path: Path) -> None:
+    from stablesoftmax import _extension
+
+    src = _package(tmp_path / "clone", "0.1.0", built=False)
+    site = _package(tmp_path / "site", "0.1.0", built=True)
+    path = [str(src)]
+    note = _extension.use_installed_extension(path, [str(tmp_path / "clone"), str(tmp_path / "site")], findable=False)
+    assert path == [str(src), str(site)]
+    assert note is not None and "using the extension of the installed copy" in note and str(site) in note
+    assert _extension.use_installed_extension([str(src)], [str(tmp_path / "site")], findable=True) is None
+
+
+def test_source_tree_without_extension_says_what_to_type(tmp_path: Path, capsys, monkeypatch) -> None:
+    from stablesoftmax import _extension
+
+    src = _package(tmp_path / "clone", "0.2.0.dev0", built=False)
+    _package(tmp_path / "site", "0.1.0", built=True)
+    path = [str(src)]
+    note = _extension.use_installed_extension(path, [str(tmp_path / "site")], findable=False)
+    assert path == [str(src)]  # another version's extension is not used
+    assert note is not None and "C++ backend is off" in note and "pip install -e ." in note
+    assert _extension.use_installed_extension([str(src)], [str(tmp_path / "nothing")], findable=False) is None
+    monkeypatch.setattr(ss, "EXTENSION_NOTE", note)
+    assert main(["info"]) == 0
+    assert f"note: {note}" in capsys.readouterr().out
+
+
+_HIDE_NUMPY = """
+import sys
+class _NoNumpy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" or name.startswith("numpy."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _NoNumpy())
+"""
+
+
+def test_import_prints_nothing_without_numpy() -> None:
+    """torch warns at import when NumPy is missing; the package needs no NumPy and keeps its import silent."""
+    plain = subprocess.run([sys.executable, "-c", _HIDE_NUMPY + "import torch"], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    ours = subprocess.run([sys.executable, "-c", _HIDE_NUMPY + "import stablesoftmax; import torch"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert plain.returncode == 0 and ours.returncode == 0, (plain.stderr, ours.stderr)
+    if "NumPy" not in plain.stderr:
+        pytest.skip("this torch does not warn about a missing NumPy")
+    assert ours.stderr == ""
