@@ -157,3 +157,17 @@ def test_scratch_memory_is_bounded():
     env = {k: v for k, v in os.environ.items() if k != "STABLESOFTMAX_BACKEND"}
     proc = subprocess.run([sys.executable, "-c", _RSS_CHILD], env=env, timeout=300, capture_output=True, text=True)
     assert proc.returncode == 0, f"resident memory grew by {proc.stdout.strip()} bytes; {proc.stderr[-1000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_staged_and_recomputed_exponentials_agree(cpp, dtype):
+    """A row of 2^21 + 512 entries: one thread stages its exponentials (8 MiB), two threads split it and
+    recompute them (the shared stage would pass 8 MiB): bitwise the same output."""
+    x = (torch.randn(1, (1 << 21) + 512, generator=torch.Generator().manual_seed(9)) * 6).to(dtype)
+    for isa in _isas(cpp):
+        cpp.set_isa(isa)
+        torch.set_num_threads(1)
+        want = ss.softmax(x, -1)
+        torch.set_num_threads(2)
+        assert torch.equal(ss.softmax(x, -1), want), isa
