@@ -1,9 +1,11 @@
 // pybind11 module stablesoftmax._C: raw-pointer entry points (no libtorch); the GIL is released
 // around all compute.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "sampling.h"
 #include "softmax.h"
@@ -30,34 +32,80 @@ void check_ptr(std::uintptr_t p, const char* what, std::int64_t rows, std::int64
   check(p != 0 || rows == 0 || cols == 0, std::string(what) + " is a null pointer");
 }
 
-void softmax_forward(std::uintptr_t in_ptr, std::uintptr_t out_ptr, std::int64_t rows, std::int64_t cols,
-                     std::int64_t in_row_stride, std::int64_t out_row_stride, int in_dtype, int out_dtype, bool log,
-                     int num_threads) {
-  check_shape(rows, cols, num_threads);
+ssm::View make_view(const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& strides, const char* what) {
+  check(sizes.size() == strides.size(), std::string(what) + ": sizes and strides differ in length");
+  check(sizes.size() <= std::size_t(ssm::kMaxDims), std::string(what) + ": at most 64 dimensions");
+  ssm::View v{};
+  v.ndim = int(sizes.size());
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    check(sizes[i] >= 0, std::string(what) + ": sizes must be >= 0");
+    check(strides[i] >= 0, std::string(what) + ": strides must be >= 0");
+    v.size[i] = sizes[i];
+    v.stride[i] = strides[i];
+  }
+  return v;
+}
+
+bool has_elements(const std::vector<std::int64_t>& sizes) {
+  for (auto s : sizes)
+    if (s == 0) return false;
+  return true;
+}
+
+int check_dim(int dim, const std::vector<std::int64_t>& sizes) {
+  check(!sizes.empty(), "tensors need at least one dimension");
+  check(dim >= 0 && dim < int(sizes.size()), "dim " + std::to_string(dim) + " out of range");
+  return dim;
+}
+
+void softmax_forward(std::uintptr_t in_ptr, std::uintptr_t out_ptr, const std::vector<std::int64_t>& sizes,
+                     const std::vector<std::int64_t>& in_strides, const std::vector<std::int64_t>& out_strides, int dim,
+                     int in_dtype, int out_dtype, bool log, int num_threads) {
+  check(num_threads >= 1, "num_threads must be >= 1, got " + std::to_string(num_threads));
   check_dtype(in_dtype, "in_dtype");
   check_dtype(out_dtype, "out_dtype");
-  check_ptr(in_ptr, "in_ptr", rows, cols);
-  check_ptr(out_ptr, "out_ptr", rows, cols);
-  const ssm::ForwardArgs a{reinterpret_cast<const void*>(in_ptr), reinterpret_cast<void*>(out_ptr), rows, cols,
-                           in_row_stride, out_row_stride, in_dtype, out_dtype, log, num_threads};
+  const bool any = has_elements(sizes);
+  check(!any || in_ptr != 0, "in_ptr is a null pointer");
+  check(!any || out_ptr != 0, "out_ptr is a null pointer");
+  ssm::ForwardArgs a{};
+  a.in = reinterpret_cast<const void*>(in_ptr);
+  a.out = reinterpret_cast<void*>(out_ptr);
+  a.in_view = make_view(sizes, in_strides, "input");
+  a.out_view = make_view(sizes, out_strides, "output");
+  a.dim = check_dim(dim, sizes);
+  a.in_dtype = in_dtype;
+  a.out_dtype = out_dtype;
+  a.log = log;
+  a.num_threads = num_threads;
   py::gil_scoped_release nogil;
   ssm::softmax_forward(a);
 }
 
-void softmax_backward(std::uintptr_t y_ptr, std::uintptr_t grad_ptr, std::uintptr_t out_ptr, std::int64_t rows,
-                      std::int64_t cols, std::int64_t y_row_stride, std::int64_t grad_row_stride,
-                      std::int64_t out_row_stride, int y_dtype, int grad_dtype, int out_dtype, bool log,
-                      int num_threads) {
-  check_shape(rows, cols, num_threads);
+void softmax_backward(std::uintptr_t y_ptr, std::uintptr_t grad_ptr, std::uintptr_t out_ptr,
+                      const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& y_strides,
+                      const std::vector<std::int64_t>& grad_strides, const std::vector<std::int64_t>& out_strides,
+                      int dim, int y_dtype, int grad_dtype, int out_dtype, bool log, int num_threads) {
+  check(num_threads >= 1, "num_threads must be >= 1, got " + std::to_string(num_threads));
   check_dtype(y_dtype, "y_dtype");
   check_dtype(grad_dtype, "grad_dtype");
   check_dtype(out_dtype, "out_dtype");
-  check_ptr(y_ptr, "y_ptr", rows, cols);
-  check_ptr(grad_ptr, "grad_ptr", rows, cols);
-  check_ptr(out_ptr, "out_ptr", rows, cols);
-  const ssm::BackwardArgs a{reinterpret_cast<const void*>(y_ptr), reinterpret_cast<const void*>(grad_ptr),
-                            reinterpret_cast<void*>(out_ptr), rows, cols, y_row_stride, grad_row_stride,
-                            out_row_stride, y_dtype, grad_dtype, out_dtype, log, num_threads};
+  const bool any = has_elements(sizes);
+  check(!any || y_ptr != 0, "y_ptr is a null pointer");
+  check(!any || grad_ptr != 0, "grad_ptr is a null pointer");
+  check(!any || out_ptr != 0, "out_ptr is a null pointer");
+  ssm::BackwardArgs a{};
+  a.y = reinterpret_cast<const void*>(y_ptr);
+  a.grad = reinterpret_cast<const void*>(grad_ptr);
+  a.out = reinterpret_cast<void*>(out_ptr);
+  a.y_view = make_view(sizes, y_strides, "y");
+  a.grad_view = make_view(sizes, grad_strides, "grad");
+  a.out_view = make_view(sizes, out_strides, "output");
+  a.dim = check_dim(dim, sizes);
+  a.y_dtype = y_dtype;
+  a.grad_dtype = grad_dtype;
+  a.out_dtype = out_dtype;
+  a.log = log;
+  a.num_threads = num_threads;
   py::gil_scoped_release nogil;
   ssm::softmax_backward(a);
 }
@@ -142,17 +190,18 @@ void sample_probs(std::uintptr_t x_ptr, std::int64_t rows, std::int64_t cols, st
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "stablesoftmax C++ CPU kernels (raw pointers; row stride in elements, unit column stride)";
-  m.def("softmax_forward", &softmax_forward, py::arg("in_ptr"), py::arg("out_ptr"), py::arg("rows"), py::arg("cols"),
-        py::arg("in_row_stride"), py::arg("out_row_stride"), py::arg("in_dtype"), py::arg("out_dtype"), py::arg("log"),
-        py::arg("num_threads"),
-        "Row-wise softmax (log=False) or log_softmax (log=True). dtype codes: 0=f16 1=bf16 2=f32 3=f64.");
+  m.doc() = "stablesoftmax C++ CPU kernels (raw pointers; sizes and strides in elements)";
+  m.def("softmax_forward", &softmax_forward, py::arg("in_ptr"), py::arg("out_ptr"), py::arg("sizes"),
+        py::arg("in_strides"), py::arg("out_strides"), py::arg("dim"), py::arg("in_dtype"), py::arg("out_dtype"),
+        py::arg("log"), py::arg("num_threads"),
+        "Softmax (log=False) or log_softmax (log=True) along `dim` of a strided tensor (sizes, strides in "
+        "elements, >= 0) into another of the same sizes. dtype codes: 0=f16 1=bf16 2=f32 3=f64.");
   m.def("softmax_backward", &softmax_backward, py::arg("y_ptr"), py::arg("grad_ptr"), py::arg("out_ptr"),
-        py::arg("rows"), py::arg("cols"), py::arg("y_row_stride"), py::arg("grad_row_stride"),
-        py::arg("out_row_stride"), py::arg("y_dtype"), py::arg("grad_dtype"), py::arg("out_dtype"), py::arg("log"),
-        py::arg("num_threads"),
-        "Input gradient from the forward output y and upstream grad: softmax y*(g - sum(g*y)); "
-        "log_softmax g - exp(y)*sum(g).");
+        py::arg("sizes"), py::arg("y_strides"), py::arg("grad_strides"), py::arg("out_strides"), py::arg("dim"),
+        py::arg("y_dtype"), py::arg("grad_dtype"), py::arg("out_dtype"), py::arg("log"), py::arg("num_threads"),
+        "Input gradient from the forward output y and upstream grad along `dim` (strided, as softmax_forward): "
+        "softmax y*(g - sum(g*y)); log_softmax g - exp(y)*sum(g).");
+  m.def("pool_workers", &ssm::pool_workers, "Worker threads the extension's thread pool holds now (for tests).");
   m.def("cpu_features", &cpu_features, "{'avx2', 'fma', 'f16c': bool, 'isa': the kernel path in use}");
   m.def("set_isa", &set_isa, py::arg("name"), "'auto' | 'avx2' | 'scalar' (for testing both paths)");
   m.def("sample_rows", &sample_rows, py::arg("x_ptr"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),

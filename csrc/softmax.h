@@ -4,9 +4,11 @@
 //   m   = max_i x_i (a NaN anywhere makes the whole row NaN)
 //   s_i = x_i - (isfinite(m) ? m : 0), except when m == +inf: s_i = (x_i == +inf) ? 0 : -inf
 //   S   = sum_i exp(s_i), with S := 1 when S == 0 (a row of only -inf)
-//   softmax_i = exp(s_i) / S,   log_softmax_i = s_i - log(S)
-// Accumulation is float32 (float64 when any operand is float64); row sums are formed from
-// short float32 partial sums added into a double, so they do not drift over 10^6 terms.
+//   softmax_i = exp(s_i) / S,   log_softmax_i = s_i - log S,  log S = log C + log1p(D / C)
+// where C counts the entries at the max and D sums the others' exp(s_i): log of a rounded S near 1
+// would lose log_softmax's relative accuracy near 0. Accumulation is float32 (float64 when any
+// operand is float64); a row's sums are per-block partial sums (kBlock elements) combined in
+// double in block order, so they do not drift over 10^6 terms and do not depend on threading.
 #pragma once
 
 #include <cmath>
@@ -93,34 +95,42 @@ template <class F> inline void with_dtype(int code, F&& f) {
   }
 }
 
-// ---- per-ISA row kernels, type-erased over the (input, output) storage types ----
-// All operate on one contiguous segment of n elements of a row.
+// ---- per-ISA kernels, type-erased over the (input, output) storage types ----
+// Rows are cut into fixed blocks of kBlock elements counted from the row's start, whatever the
+// thread count or the part of the row a thread handles; block statistics are combined in block
+// order. So a row's output is bitwise the same for any batch size, position, thread count and
+// split (SPEC "Randomness").
+constexpr std::int64_t kBlock = 512;
+
+// Statistics of one block: m = its max (NaN: the block holds a NaN; +inf: it holds c entries +inf);
+// softmax: d = sum exp(x - m) (c = 0); log_softmax: c = how many entries equal m, d = the sum of
+// exp(x - m) over the others, so that log S = log C + log1p(D / C) keeps its relative accuracy
+// when S is within rounding of 1. An all -inf block has m = -inf, c = d = 0.
+struct BlockStat { double m, c, d; };
+
 struct ForwardKernels {
-  // max_i x_i; NaN need not propagate (a NaN is caught later through the sum).
-  double (*max)(const void* x, std::int64_t n);
-  // sum_i exp(x_i - c) (NaN if any x_i is NaN); also stores exp(x_i - c) to `stage` when non-null.
-  double (*sum_exp)(const void* x, std::int64_t n, double c, float* stage);
-  // out_i = exp(x_i - c) * k
-  void (*write_exp)(const void* x, std::int64_t n, double c, double k, void* out);
-  // out_i = (x_i - c) - k
+  // Statistics of each block of x[0, n) (n a multiple of kBlock except at the row's end). When
+  // `stage` is non-null (softmax only) it also receives E(x_i - shift_j), shift_j = m_j for a
+  // finite block max, 0 otherwise (exactly the value write_exp recomputes without a stage).
+  void (*stats)(const void* x, std::int64_t n, float* stage, BlockStat* st, bool log);
+  // softmax: out_i = E(x_i - shift_j) * f_j for i in block j (from the stage when non-null).
+  void (*write_exp)(const void* x, const float* stage, std::int64_t n, const double* shift, const double* f, void* out);
+  // log_softmax: out_i = (x_i - c) - k
   void (*write_log)(const void* x, std::int64_t n, double c, double k, void* out);
-  // out_i = stage_i * k   (stage may alias out when out is float32)
-  void (*write_scaled)(const float* stage, std::int64_t n, double k, void* out);
-  // Optional (null in the scalar table): one pass instead of max then sum_exp. Per block j of
-  // kOnlineBlock elements, its max b_j into block_max and, when stage is non-null,
-  // exp(x_i - b_j) into stage (0 for an all -inf block); *m = the max, *s = sum_i exp(x_i - m).
-  // Stops early with *m = NaN (a NaN seen) or +inf (a +inf seen): the caller takes the general path.
-  void (*online)(const void* x, std::int64_t n, float* stage, float* block_max, double* m, double* s);
-  // out_i = stage_i * exp(b_j - m) * k for i in block j (the stage written by `online`).
-  void (*write_blocks)(const float* stage, const float* block_max, std::int64_t n, double m, double k, void* out);
+  // Optional (null: the caller gathers each column): the same op along the rows of an n x w
+  // tile, element (i, j) at x + i * xs + j (xs, os in elements), vectorised across columns.
+  // Returns false, writing nothing, when a column holds NaN or +inf or only -inf.
+  bool (*columns)(const void* x, std::int64_t xs, std::int64_t n, std::int64_t w, void* out, std::int64_t os, bool log);
 };
-constexpr std::int64_t kOnlineBlock = 512;
 
 struct BackwardKernels {
-  // softmax: sum_i g_i * y_i ; log_softmax: sum_i g_i
-  double (*reduce)(const void* y, const void* g, std::int64_t n);
+  // Per block of y, g [0, n): softmax sum g_i * y_i, log_softmax sum g_i (ceil(n / kBlock) values).
+  void (*reduce)(const void* y, const void* g, std::int64_t n, double* block_sums);
   // softmax: out_i = y_i * (g_i - d) ; log_softmax: out_i = g_i - exp(y_i) * d
   void (*write)(const void* y, const void* g, std::int64_t n, double d, void* out);
+  // Optional: both steps along the rows of an n x w tile (strides in elements), across columns.
+  void (*columns)(const void* y, std::int64_t ys, const void* g, std::int64_t gs, std::int64_t n, std::int64_t w,
+                  void* out, std::int64_t os);
 };
 
 namespace scalar {
@@ -135,15 +145,22 @@ const BackwardKernels* backward_kernels(int y_dtype, int g_dtype, int out_dtype,
 }  // namespace avx2
 
 // ---- entry points used by the bindings (arguments already validated) ----
+// A tensor view: sizes and strides (in elements) of every dimension; the op reduces along `dim`.
+constexpr int kMaxDims = 64;
+struct View {
+  int ndim;
+  std::int64_t size[kMaxDims];
+  std::int64_t stride[kMaxDims];
+};
 struct ForwardArgs {
   const void* in; void* out;
-  std::int64_t rows, cols, in_stride, out_stride;
-  int in_dtype, out_dtype; bool log; int num_threads;
+  View in_view, out_view;  // same sizes
+  int dim, in_dtype, out_dtype; bool log; int num_threads;
 };
 struct BackwardArgs {
   const void* y; const void* grad; void* out;
-  std::int64_t rows, cols, y_stride, grad_stride, out_stride;
-  int y_dtype, grad_dtype, out_dtype; bool log; int num_threads;
+  View y_view, grad_view, out_view;  // same sizes
+  int dim, y_dtype, grad_dtype, out_dtype; bool log; int num_threads;
 };
 struct CpuFeatures { bool avx2, fma, f16c; };
 
@@ -153,5 +170,7 @@ CpuFeatures cpu_features();
 // "auto" | "avx2" | "scalar"; throws std::invalid_argument for an unknown or unsupported name.
 void set_isa(const std::string& name);
 const char* current_isa();
+// Worker threads the process's pool holds now (for tests).
+int pool_workers();
 
 }  // namespace ssm

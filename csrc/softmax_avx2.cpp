@@ -144,17 +144,72 @@ template <class In> double max_k(const void* xv, std::int64_t n) {
   return double(_mm_cvtss_f32(h));
 }
 
-template <class In, class Out> double sum_exp_k(const void* x, std::int64_t n, double c, float* stage) {
-  const __m256 vc = _mm256_set1_ps(float(c));
-  if (!stage)  // only the sum is needed
-    return reduce8(n, nullptr, [vc](__m256 v) { return exp256_ftz(_mm256_sub_ps(v, vc)); }, static_cast<const In*>(x));
-  return reduce8(n, stage, [vc](__m256 v) { return exp_for<Out>(_mm256_sub_ps(v, vc)); }, static_cast<const In*>(x));
+// Block statistics (softmax_h: BlockStat). Each block is read from memory once for its max and
+// again from L1 for its exponentials, E = exp_for<Out> both here and in write_exp_k.
+template <class In, class Out>
+void stats_k(const void* xv, std::int64_t n, float* stage, BlockStat* st, bool log) {
+  const In* x = static_cast<const In*>(xv);
+  for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kBlock, ++j) {
+    const std::int64_t len = std::min(kBlock, n - b0);
+    const In* xb = x + b0;
+    const double bm = max_k<In>(xb, len);
+    if (std::isnan(bm)) { st[j] = {bm, 0, 0}; continue; }
+    if (bm == INFINITY) {
+      double count = 0;
+      for (std::int64_t i = 0; i < len; ++i) count += load_as<float>(xb + i) == INFINITY ? 1 : 0;
+      st[j] = {bm, count, 0};
+      continue;
+    }
+    if (bm == -INFINITY) {
+      st[j] = {bm, 0, 0};
+      if (stage) std::memset(stage + b0, 0, std::size_t(len) * sizeof(float));
+      continue;
+    }
+    const __m256 vc = _mm256_set1_ps(float(bm));
+    if (!log) {
+      st[j] = {bm, 0, reduce8(len, stage ? stage + b0 : nullptr, [vc](__m256 v) { return exp_for<Out>(_mm256_sub_ps(v, vc)); }, xb)};
+      continue;
+    }
+    // log_softmax: entries equal to the max counted apart from the sum of the others.
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, d0 = c0, d1 = c0;
+    std::int64_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      const __m256 a = load8(xb + i), b = load8(xb + i + 8);
+      const __m256 ea = _mm256_cmp_ps(a, vc, _CMP_EQ_OQ), eb = _mm256_cmp_ps(b, vc, _CMP_EQ_OQ);
+      c0 = _mm256_add_ps(c0, _mm256_and_ps(ea, one));
+      c1 = _mm256_add_ps(c1, _mm256_and_ps(eb, one));
+      d0 = _mm256_add_ps(d0, _mm256_andnot_ps(ea, exp_for<Out>(_mm256_sub_ps(a, vc))));
+      d1 = _mm256_add_ps(d1, _mm256_andnot_ps(eb, exp_for<Out>(_mm256_sub_ps(b, vc))));
+    }
+    for (; i < len; i += 8) {
+      const std::int64_t m = std::min<std::int64_t>(8, len - i);
+      const __m256 a = m == 8 ? load8(xb + i) : load_tail(xb + i, m);
+      const __m256 valid = m == 8 ? _mm256_castsi256_ps(_mm256_set1_epi32(-1)) : tail_mask(m);
+      const __m256 ea = _mm256_and_ps(_mm256_cmp_ps(a, vc, _CMP_EQ_OQ), valid);
+      c0 = _mm256_add_ps(c0, _mm256_and_ps(ea, one));
+      d0 = _mm256_add_ps(d0, _mm256_and_ps(_mm256_andnot_ps(ea, valid), exp_for<Out>(_mm256_sub_ps(a, vc))));
+    }
+    const __m256 c = _mm256_add_ps(c0, c1), d = _mm256_add_ps(d0, d1);
+    st[j] = {bm, hsum(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(c)), _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1)))),
+             hsum(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(d)), _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1))))};
+  }
 }
 
-template <class In, class Out> void write_exp_k(const void* x, std::int64_t n, double c, double k, void* out) {
-  const __m256 vc = _mm256_set1_ps(float(c)), vk = _mm256_set1_ps(float(k));
-  map8(n, static_cast<Out*>(out), [=](__m256 v) { return _mm256_mul_ps(exp_for<Out>(_mm256_sub_ps(v, vc)), vk); },
-       static_cast<const In*>(x));
+template <class In, class Out>
+void write_exp_k(const void* xv, const float* stage, std::int64_t n, const double* shift, const double* f, void* ov) {
+  const In* x = static_cast<const In*>(xv);
+  Out* out = static_cast<Out*>(ov);
+  for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kBlock, ++j) {
+    const std::int64_t len = std::min(kBlock, n - b0);
+    const __m256 vk = _mm256_set1_ps(float(f[j]));
+    if (stage) {
+      map8(len, out + b0, [vk](__m256 v) { return _mm256_mul_ps(v, vk); }, stage + b0);
+    } else {
+      const __m256 vc = _mm256_set1_ps(float(shift[j]));
+      map8(len, out + b0, [vc, vk](__m256 v) { return _mm256_mul_ps(exp_for<Out>(_mm256_sub_ps(v, vc)), vk); }, x + b0);
+    }
+  }
 }
 
 template <class In, class Out> void write_log_k(const void* x, std::int64_t n, double c, double k, void* out) {
@@ -163,74 +218,152 @@ template <class In, class Out> void write_log_k(const void* x, std::int64_t n, d
        static_cast<const In*>(x));
 }
 
-template <class Out> void write_scaled_k(const float* stage, std::int64_t n, double k, void* out) {
-  const __m256 vk = _mm256_set1_ps(float(k));
-  map8(n, static_cast<Out*>(out), [=](__m256 v) { return _mm256_mul_ps(v, vk); }, stage);
-}
+// ---- columns: n x w tiles (w <= 32), vectors across the columns ----
+constexpr int kTileVecs = 4;
 
-// One pass over the segment, block by block: each block is read from memory once for its max and
-// again from L1 for its exponentials; the running sum is rescaled in double when the max grows.
+template <class T> inline __m256 load_cols(const T* p, int v, int w) {
+  const int m = w - 8 * v;
+  return m >= 8 ? load8(p + 8 * v) : load_tail(p + 8 * v, m);
+}
+template <class T> inline void store_cols(T* p, int v, int w, __m256 x) {
+  const int m = w - 8 * v;
+  if (m >= 8) store8(p + 8 * v, x);
+  else store_tail(p + 8 * v, m, x);
+}
+inline __m256d lo_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
+inline __m256d hi_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+
 template <class In, class Out>
-void online_k(const void* xv, std::int64_t n, float* stage, float* block_max, double* m_out, double* s_out) {
+bool columns_k(const void* xv, std::int64_t xs, std::int64_t n, std::int64_t w64, void* ov, std::int64_t os, bool log) {
   const In* x = static_cast<const In*>(xv);
-  double m = -INFINITY, s = 0;
-  for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kOnlineBlock, ++j) {
-    const std::int64_t len = std::min(kOnlineBlock, n - b0);
-    const double bm = max_k<In>(x + b0, len);
-    if (std::isnan(bm) || bm == INFINITY) {
-      *m_out = bm;
-      *s_out = 0;
-      return;
-    }
-    block_max[j] = float(bm);
-    if (bm == -INFINITY) {
-      if (stage) std::memset(stage + b0, 0, std::size_t(len) * sizeof(float));
-      continue;
-    }
-    const double bs = sum_exp_k<In, Out>(x + b0, len, bm, stage ? stage + b0 : nullptr);
-    if (bm > m) {
-      s = s * std::exp(m - bm) + bs;
-      m = bm;
-    } else {
-      s += bs * std::exp(bm - m);
+  Out* out = static_cast<Out*>(ov);
+  const int w = int(w64), nv = (w + 7) / 8;
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  __m256 m[kTileVecs], bad[kTileVecs];
+  for (int v = 0; v < kTileVecs; ++v) m[v] = ninf, bad[v] = _mm256_setzero_ps();
+  for (std::int64_t i = 0; i < n; ++i) {
+    const In* xr = x + i * xs;
+    for (int v = 0; v < nv; ++v) {
+      const __m256 a = load_cols(xr, v, w);
+      m[v] = _mm256_max_ps(m[v], a);
+      bad[v] = _mm256_or_ps(bad[v], _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
     }
   }
-  *m_out = m;
-  *s_out = s;
-}
-
-template <class Out>
-void write_blocks_k(const float* stage, const float* block_max, std::int64_t n, double m, double k, void* out) {
-  for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kOnlineBlock, ++j) {
-    const double factor = block_max[j] == -INFINITY ? 0.0 : std::exp(double(block_max[j]) - m) * k;
-    write_scaled_k<Out>(stage + b0, std::min(kOnlineBlock, n - b0), factor, static_cast<Out*>(out) + b0);
+  alignas(32) float mf[8 * kTileVecs];
+  for (int v = 0; v < nv; ++v) {
+    bad[v] = _mm256_or_ps(bad[v], _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), m[v]),
+                                                 _mm256_set1_ps(INFINITY), _CMP_EQ_OQ));
+    const int lanes = std::min(8, w - 8 * v);
+    if (_mm256_movemask_ps(bad[v]) & ((1 << lanes) - 1)) return false;  // NaN, +inf or only -inf
+    _mm256_store_ps(mf + 8 * v, m[v]);
   }
+  // Sums in float32 over 64 rows at a time, added into double.
+  double sd[8 * kTileVecs] = {}, sc[8 * kTileVecs] = {};
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (std::int64_t i0 = 0; i0 < n; i0 += 64) {
+    __m256 dacc[kTileVecs], cacc[kTileVecs];
+    for (int v = 0; v < kTileVecs; ++v) dacc[v] = cacc[v] = _mm256_setzero_ps();
+    for (std::int64_t i = i0, e = std::min(n, i0 + 64); i < e; ++i) {
+      const In* xr = x + i * xs;
+      for (int v = 0; v < nv; ++v) {
+        const __m256 a = load_cols(xr, v, w);
+        const __m256 t = exp_for<Out>(_mm256_sub_ps(a, m[v]));
+        if (log) {
+          const __m256 eq = _mm256_cmp_ps(a, m[v], _CMP_EQ_OQ);
+          cacc[v] = _mm256_add_ps(cacc[v], _mm256_and_ps(eq, one));
+          dacc[v] = _mm256_add_ps(dacc[v], _mm256_andnot_ps(eq, t));
+        } else {
+          dacc[v] = _mm256_add_ps(dacc[v], t);
+        }
+      }
+    }
+    for (int v = 0; v < nv; ++v) {
+      alignas(32) double lo[4], hi[4];
+      _mm256_store_pd(lo, lo_pd(dacc[v]));
+      _mm256_store_pd(hi, hi_pd(dacc[v]));
+      for (int l = 0; l < 4; ++l) sd[8 * v + l] += lo[l], sd[8 * v + 4 + l] += hi[l];
+      if (log) {
+        _mm256_store_pd(lo, lo_pd(cacc[v]));
+        _mm256_store_pd(hi, hi_pd(cacc[v]));
+        for (int l = 0; l < 4; ++l) sc[8 * v + l] += lo[l], sc[8 * v + 4 + l] += hi[l];
+      }
+    }
+  }
+  alignas(32) float kf[8 * kTileVecs];
+  for (int l = 0; l < 8 * nv; ++l) kf[l] = log ? float(std::log(sc[l]) + std::log1p(sd[l] / sc[l])) : float(1.0 / sd[l]);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const In* xr = x + i * xs;
+    Out* orow = out + i * os;
+    for (int v = 0; v < nv; ++v) {
+      const __m256 a = load_cols(xr, v, w), k = _mm256_load_ps(kf + 8 * v);
+      const __m256 s = _mm256_sub_ps(a, m[v]);
+      store_cols(orow, v, w, log ? _mm256_sub_ps(s, k) : _mm256_mul_ps(exp_for<Out>(s), k));
+    }
+  }
+  return true;
 }
 
 template <class In, class Out> const ForwardKernels* forward_table() {
-  static const ForwardKernels k = {&max_k<In>, &sum_exp_k<In, Out>, &write_exp_k<In, Out>, &write_log_k<In, Out>,
-                                   &write_scaled_k<Out>, &online_k<In, Out>, &write_blocks_k<Out>};
+  static const ForwardKernels k = {&stats_k<In, Out>, &write_exp_k<In, Out>, &write_log_k<In, Out>, &columns_k<In, Out>};
   return &k;
 }
 
 // ---- backward ----
-template <class Y, class G, bool Log> double reduce_k(const void* y, const void* g, std::int64_t n) {
+template <class Y, class G, bool Log> void reduce_k(const void* y, const void* g, std::int64_t n, double* block_sums) {
   const Y* yp = static_cast<const Y*>(y);
   const G* gp = static_cast<const G*>(g);
-  if (Log) return reduce8(n, nullptr, [](__m256 gv) { return gv; }, gp);
-  return reduce8(n, nullptr, [](__m256 yv, __m256 gv) { return _mm256_mul_ps(yv, gv); }, yp, gp);
+  for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kBlock, ++j) {
+    const std::int64_t len = std::min(kBlock, n - b0);
+    if (Log) block_sums[j] = reduce8(len, nullptr, [](__m256 gv) { return gv; }, gp + b0);
+    else block_sums[j] = reduce8(len, nullptr, [](__m256 yv, __m256 gv) { return _mm256_mul_ps(yv, gv); }, yp + b0, gp + b0);
+  }
+}
+
+template <bool Log> inline __m256 bwd_value(__m256 yv, __m256 gv, __m256 vd) {
+  return Log ? _mm256_fnmadd_ps(exp256(yv), vd, gv) : _mm256_mul_ps(yv, _mm256_sub_ps(gv, vd));
 }
 
 template <class Y, class G, class O, bool Log>
 void bwd_write_k(const void* y, const void* g, std::int64_t n, double d, void* out) {
   const __m256 vd = _mm256_set1_ps(float(d));
-  map8(n, static_cast<O*>(out), [vd](__m256 yv, __m256 gv) {
-    return Log ? _mm256_fnmadd_ps(exp256(yv), vd, gv) : _mm256_mul_ps(yv, _mm256_sub_ps(gv, vd));
-  }, static_cast<const Y*>(y), static_cast<const G*>(g));
+  map8(n, static_cast<O*>(out), [vd](__m256 yv, __m256 gv) { return bwd_value<Log>(yv, gv, vd); },
+       static_cast<const Y*>(y), static_cast<const G*>(g));
+}
+
+template <class Y, class G, class O, bool Log>
+void bwd_columns_k(const void* yv, std::int64_t ys, const void* gv, std::int64_t gs, std::int64_t n, std::int64_t w64,
+                   void* ov, std::int64_t os) {
+  const Y* y = static_cast<const Y*>(yv);
+  const G* g = static_cast<const G*>(gv);
+  O* out = static_cast<O*>(ov);
+  const int w = int(w64), nv = (w + 7) / 8;
+  double sd[8 * kTileVecs] = {};
+  for (std::int64_t i0 = 0; i0 < n; i0 += 64) {
+    __m256 acc[kTileVecs];
+    for (int v = 0; v < kTileVecs; ++v) acc[v] = _mm256_setzero_ps();
+    for (std::int64_t i = i0, e = std::min(n, i0 + 64); i < e; ++i) {
+      for (int v = 0; v < nv; ++v) {
+        const __m256 gl = load_cols(g + i * gs, v, w);
+        acc[v] = _mm256_add_ps(acc[v], Log ? gl : _mm256_mul_ps(load_cols(y + i * ys, v, w), gl));
+      }
+    }
+    for (int v = 0; v < nv; ++v) {
+      alignas(32) double lo[4], hi[4];
+      _mm256_store_pd(lo, lo_pd(acc[v]));
+      _mm256_store_pd(hi, hi_pd(acc[v]));
+      for (int l = 0; l < 4; ++l) sd[8 * v + l] += lo[l], sd[8 * v + 4 + l] += hi[l];
+    }
+  }
+  alignas(32) float df[8 * kTileVecs];
+  for (int l = 0; l < 8 * nv; ++l) df[l] = float(sd[l]);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (int v = 0; v < nv; ++v)
+      store_cols(out + i * os, v, w,
+                 bwd_value<Log>(load_cols(y + i * ys, v, w), load_cols(g + i * gs, v, w), _mm256_load_ps(df + 8 * v)));
 }
 
 template <class Y, class G, class O, bool Log> const BackwardKernels* backward_table() {
-  static const BackwardKernels k = {&reduce_k<Y, G, Log>, &bwd_write_k<Y, G, O, Log>};
+  static const BackwardKernels k = {&reduce_k<Y, G, Log>, &bwd_write_k<Y, G, O, Log>, &bwd_columns_k<Y, G, O, Log>};
   return &k;
 }
 

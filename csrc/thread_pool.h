@@ -1,14 +1,19 @@
 // A small persistent thread pool (no OpenMP: torch already loads its own runtime).
 //
-// Workers are created lazily, once, and reused. parallel_for(nthreads, ntasks, f) runs f(i) for
-// every i in [0, ntasks) on up to nthreads threads, the calling thread included; tasks are claimed
-// from an atomic counter. Workers spin briefly after a job (so back-to-back dispatches are cheap),
-// then sleep on a condition variable. One job runs at a time: a caller that finds the pool busy
-// (another Python thread) runs its tasks inline instead of waiting. After fork() the child sees a
-// different pid and builds a fresh pool; the parent's pool is deliberately leaked (its threads do
-// not exist in the child), as is the live pool at exit, so nothing ever joins threads at teardown.
+// parallel_for(nthreads, ntasks, f) runs f(i) for every i in [0, ntasks) on up to nthreads threads,
+// the calling thread included; tasks are claimed from an atomic counter. Workers are created on
+// demand and follow the thread count: ThreadPool::follow(torch.get_num_threads()) at an entry point
+// retires (joins) workers beyond it, and workers that 16 jobs in a row have not needed are retired
+// too, so a pool grown under torch.set_num_threads(128) shrinks back instead of waking 127 threads
+// for every later job. Workers spin briefly after a job (so
+// back-to-back dispatches are cheap), then sleep on a condition variable. One job runs at a time:
+// a caller that finds the pool busy (another Python thread) runs its tasks inline instead of
+// waiting. After fork() the child sees a different pid and builds a fresh pool; the parent's pool
+// is deliberately leaked (its threads do not exist in the child), as is the live pool at exit, so
+// nothing ever joins threads at teardown.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -52,7 +57,7 @@ class ThreadPool {
 
   // The process's pool (a new one in a forked child).
   static ThreadPool& get() {
-    static std::atomic<ThreadPool*> current{nullptr};
+    std::atomic<ThreadPool*>& current = slot();
     ThreadPool* p = current.load(std::memory_order_acquire);
     if (p != nullptr && p->pid_ == current_pid()) return *p;
     ThreadPool* fresh = new ThreadPool();  // an inherited pool `p` is leaked on purpose
@@ -60,6 +65,20 @@ class ThreadPool {
     delete fresh;  // another thread installed one first (it has no threads yet)
     return *p;
   }
+
+  // Retires the workers beyond num_threads - 1, num_threads being the caller's configured thread
+  // count (torch.get_num_threads()), not what one small call uses. Cheap when there is nothing to
+  // retire; skipped while another caller holds the pool.
+  static void follow(int nthreads) {
+    ThreadPool* p = slot().load(std::memory_order_acquire);
+    if (p == nullptr || p->live_workers() <= (nthreads > 1 ? nthreads - 1 : 0)) return;
+    ThreadPool& pool = get();  // (a fresh, empty pool in a forked child)
+    std::unique_lock<std::mutex> busy(pool.dispatch_mu_, std::try_to_lock);
+    if (busy.owns_lock()) pool.retire_above(nthreads - 1);
+  }
+
+  // Worker threads alive now.
+  int live_workers() const { return live_.load(std::memory_order_acquire); }
 
   void run(int nthreads, std::int64_t ntasks, TaskFn fn, void* ctx) {
     std::unique_lock<std::mutex> busy(dispatch_mu_, std::try_to_lock);
@@ -69,6 +88,15 @@ class ThreadPool {
     }
     int helpers = nthreads - 1;
     if (std::int64_t(helpers) > ntasks - 1) helpers = int(ntasks - 1);
+    // Workers no job has needed for kRetireAfter jobs in a row are retired (callers that never call
+    // follow() still shrink the pool back).
+    if (int(workers_.size()) > helpers) {
+      idle_max_ = std::max(idle_max_, helpers);
+      if (++idle_jobs_ >= kRetireAfter) retire_above(idle_max_);
+    } else {
+      idle_jobs_ = 0;
+      idle_max_ = 0;
+    }
     helpers = grow(helpers);
     fn_ = fn;
     ctx_ = ctx;
@@ -90,6 +118,33 @@ class ThreadPool {
  private:
   ThreadPool() : pid_(current_pid()) {}
 
+  static std::atomic<ThreadPool*>& slot() {
+    static std::atomic<ThreadPool*> current{nullptr};
+    return current;
+  }
+
+  // Joins the workers beyond the first `keep` (called with the pool idle: every worker is spinning
+  // or asleep between jobs). A job with no helpers wakes them; those past the limit exit.
+  void retire_above(int keep) {
+    if (keep < 0) keep = 0;
+    if (int(workers_.size()) <= keep) return;
+    limit_.store(keep, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lk(wake_mu_);
+      const std::uint64_t gen = (ticket_.load(std::memory_order_relaxed) >> 16) + 1;
+      ticket_.store(gen << 16, std::memory_order_release);
+    }
+    wake_cv_.notify_all();
+    while (int(workers_.size()) > keep) {
+      workers_.back().join();
+      workers_.pop_back();
+      live_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+    limit_.store(kMaxWorkers, std::memory_order_relaxed);
+    idle_jobs_ = 0;
+    idle_max_ = 0;
+  }
+
   // Makes sure `want` workers exist (fewer if thread creation fails); returns how many do.
   int grow(int want) {
     if (want > kMaxWorkers) want = kMaxWorkers;
@@ -98,6 +153,7 @@ class ThreadPool {
         // The worker starts from the current ticket, so it cannot miss the job about to be posted.
         workers_.emplace_back(&ThreadPool::worker_loop, this, int(workers_.size()),
                               ticket_.load(std::memory_order_relaxed));
+        live_.fetch_add(1, std::memory_order_acq_rel);
       } catch (...) {
         break;
       }
@@ -129,7 +185,8 @@ class ThreadPool {
       }
       // A ticket is (generation << 16 | number of helpers wanted); read once, so it is consistent.
       seen = ticket_.load(std::memory_order_acquire);
-      if (std::uint64_t(index) >= (seen & 0xffffu)) continue;  // not needed for this job
+      if (index >= limit_.load(std::memory_order_relaxed)) return;  // retired
+      if (std::uint64_t(index) >= (seen & 0xffffu)) continue;      // not needed for this job
       work();
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
@@ -141,7 +198,11 @@ class ThreadPool {
   std::condition_variable wake_cv_;
   std::atomic<std::uint64_t> ticket_{0};
   std::atomic<int> sleepers_{0};
-  std::atomic<int> pending_{0};  // helpers still working on the current job
+  std::atomic<int> pending_{0};
+  std::atomic<int> limit_{kMaxWorkers};  // workers at this index or above exit when they wake
+  std::atomic<int> live_{0};
+  static constexpr int kRetireAfter = 16;
+  int idle_jobs_ = 0, idle_max_ = 0;  // jobs in a row that left workers unused, most helpers among them  // helpers still working on the current job
   std::atomic<std::int64_t> next_{0};
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;

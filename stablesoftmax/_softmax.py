@@ -1,9 +1,10 @@
 """softmax and log_softmax: the SPEC's rules, decided once, in front of the backend dispatch.
 
 This layer validates arguments, decides dtypes (output: the input's or ``dtype``;
-accumulation: float32, float64 when either side is float64), brings the reduced dimension
-last with unit stride, and hands 2-D ``(rows, cols)`` views to the backend chosen by
-:mod:`stablesoftmax._dispatch`. The kernels implement one definition of the op, the shift
+accumulation: float32, float64 when either side is float64) and the output layout (torch's:
+contiguous), and hands the tensors to the backend chosen by :mod:`stablesoftmax._dispatch`:
+the C++ backend takes any strides and a dimension; the others take 2-D ``(rows, cols)`` views
+with the reduced dimension last and unit stride. The kernels implement one definition of the op, the shift
 rule documented in :mod:`stablesoftmax.backends.torch_softmax`, which yields the SPEC's
 non-finite table: ``-inf`` masks stay masked, ``+inf`` entries share the mass, NaN rows
 stay NaN.
@@ -67,7 +68,8 @@ def _normalize_dim(dim: int | None, ndim: int, op: str) -> int:
 
 
 def _as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """A 2-D ``(rows, cols)`` view (or copy) of ``x`` with dimension ``dim`` last and unit stride."""
+    """A 2-D ``(rows, cols)`` view (or copy) of ``x`` with dimension ``dim`` last and unit stride
+    (for backends that take rows; the C++ one takes any strides)."""
     if x.ndim == 2 and dim == 1 and (x.stride(1) == 1 or x.shape[1] <= 1):  # the common call: x itself
         return x
     if x.ndim == 0:
@@ -77,31 +79,45 @@ def _as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
     return rows2d if rows2d.stride(1) == 1 or rows2d.shape[1] <= 1 else rows2d.contiguous()
 
 
+def _at_least_1d(t: torch.Tensor) -> torch.Tensor:
+    return t.view(1) if t.ndim == 0 else t
+
+
 def _forward(input: torch.Tensor, dim: int, out_dtype: torch.dtype, log: bool) -> torch.Tensor:
     if input.dtype not in FLOAT_DTYPES:  # integer / bool input with an explicit float dtype, as torch
         input = input.to(out_dtype)
+    # torch's layout for the result: contiguous, whatever the input's (channels_last included)
+    out = torch.empty(input.shape, dtype=out_dtype, device=input.device)
     if input.numel() == 0:
-        return torch.empty_like(input, dtype=out_dtype)
+        return out
     kernels = kernels_for(input)
+    if getattr(kernels, "STRIDED", False):  # reduces along any dim of any layout in the kernel
+        kernels.softmax_forward_strided(_at_least_1d(input), _at_least_1d(out), dim, log)
+        return out
     x = _as_rows(input, dim)
     if dim == input.ndim - 1 or input.ndim == 0:
-        out = torch.empty_like(input, dtype=out_dtype, memory_format=torch.contiguous_format)
-        kernels.softmax_forward(x, out if out.ndim == 2 else out.view(x.shape), log)
+        kernels.softmax_forward(x, out.view(x.shape), log)
         return out
     rows = torch.empty(x.shape, dtype=out_dtype, device=input.device)
     kernels.softmax_forward(x, rows, log)
-    out = torch.empty_like(input, dtype=out_dtype)
     out.movedim(dim, -1).copy_(rows.view(input.movedim(dim, -1).shape))
     return out
 
 
 def _backward(y: torch.Tensor, grad: torch.Tensor, dim: int, grad_dtype: torch.dtype, log: bool) -> torch.Tensor:
+    kernels = kernels_for(y)
+    out = torch.empty(y.shape, dtype=grad_dtype, device=y.device)  # contiguous, as torch's gradient
+    if getattr(kernels, "STRIDED", False):
+        kernels.softmax_backward_strided(_at_least_1d(y), _at_least_1d(grad), _at_least_1d(out), dim, log)
+        return out
     y2, g2 = _as_rows(y, dim), _as_rows(grad, dim)
+    if dim == y.ndim - 1 or y.ndim == 0:
+        kernels.softmax_backward(y2, g2, out.view(y2.shape), log)
+        return out
     rows = torch.empty(y2.shape, dtype=grad_dtype, device=y.device)
-    kernels_for(y).softmax_backward(y2, g2, rows, log)
-    if y.ndim == 0:
-        return rows.view(())
-    return rows.view(y.movedim(dim, -1).shape).movedim(-1, dim).contiguous()
+    kernels.softmax_backward(y2, g2, rows, log)
+    out.movedim(dim, -1).copy_(rows.view(y.movedim(dim, -1).shape))
+    return out
 
 
 class _SoftmaxFunction(torch.autograd.Function):

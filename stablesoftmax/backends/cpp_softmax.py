@@ -1,4 +1,9 @@
-"""Thin adapter from tensors to the C++ extension's raw-pointer kernels (``stablesoftmax._C``)."""
+"""Thin adapter from tensors to the C++ extension's raw-pointer kernels (``stablesoftmax._C``).
+
+The kernels take any strides (sizes and strides in elements) and reduce along ``dim`` inside
+the extension: no transposed copies with torch ops, so the work stays in the extension's own
+thread pool (which is fork-safe; torch's OpenMP runtime is not).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,18 @@ import torch
 
 from .. import _C
 
-__all__ = ["isa", "softmax_backward", "softmax_forward"]
+__all__ = [
+    "STRIDED",
+    "isa",
+    "pool_workers",
+    "softmax_backward",
+    "softmax_backward_strided",
+    "softmax_forward",
+    "softmax_forward_strided",
+]
+
+#: The strided entry points below take tensors of any layout and a dimension.
+STRIDED = True
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 
@@ -16,19 +32,33 @@ def isa() -> str:
     return str(_C.cpu_features()["isa"])
 
 
-def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
-    """Softmax (or log_softmax) of each row of 2-D ``x`` (unit column stride) into ``out``."""
-    rows, cols = x.shape
+def pool_workers() -> int:
+    """Worker threads the extension's pool holds now (it follows ``torch.get_num_threads()``)."""
+    return int(_C.pool_workers())
+
+
+def softmax_forward_strided(x: torch.Tensor, out: torch.Tensor, dim: int, log: bool) -> None:
+    """Softmax (or log_softmax) of ``x`` along ``dim`` into ``out`` (same shape, any strides)."""
     _C.softmax_forward(
-        x.data_ptr(), out.data_ptr(), rows, cols, x.stride(0), out.stride(0),
+        x.data_ptr(), out.data_ptr(), list(x.shape), list(x.stride()), list(out.stride()), dim,
         _DTYPE_CODES[x.dtype], _DTYPE_CODES[out.dtype], log, torch.get_num_threads(),
     )  # fmt: skip
 
 
-def softmax_backward(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, log: bool) -> None:
-    """Gradient wrt the input, from the forward output ``y`` and the upstream ``grad``."""
-    rows, cols = y.shape
+def softmax_backward_strided(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, dim: int, log: bool) -> None:
+    """Gradient wrt the input along ``dim``, from the forward output ``y`` and the upstream ``grad``."""
     _C.softmax_backward(
-        y.data_ptr(), grad.data_ptr(), out.data_ptr(), rows, cols, y.stride(0), grad.stride(0), out.stride(0),
-        _DTYPE_CODES[y.dtype], _DTYPE_CODES[grad.dtype], _DTYPE_CODES[out.dtype], log, torch.get_num_threads(),
+        y.data_ptr(), grad.data_ptr(), out.data_ptr(), list(y.shape), list(y.stride()), list(grad.stride()),
+        list(out.stride()), dim, _DTYPE_CODES[y.dtype], _DTYPE_CODES[grad.dtype], _DTYPE_CODES[out.dtype], log,
+        torch.get_num_threads(),
     )  # fmt: skip
+
+
+def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
+    """Softmax (or log_softmax) of each row of 2-D ``x`` into ``out``."""
+    softmax_forward_strided(x, out, 1, log)
+
+
+def softmax_backward(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, log: bool) -> None:
+    """Gradient wrt the input of each row of 2-D tensors."""
+    softmax_backward_strided(y, grad, out, 1, log)

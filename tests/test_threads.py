@@ -1,0 +1,173 @@
+"""The C++ backend's threads and memory: the pool follows the thread count, concurrent callers get
+the serial results, per-thread scratch stays bounded, and a row's output is bitwise the same for any
+batch size, position, thread count and split (SPEC "Randomness")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+from conftest import DEVICE, require_backend
+
+import stablesoftmax as ss
+
+pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="the C++ backend runs on CPU tensors")
+
+
+@pytest.fixture
+def cpp():
+    require_backend("cpp")
+    from stablesoftmax import _C
+
+    threads = torch.get_num_threads()
+    with ss.use_backend("cpp"):
+        yield _C
+    torch.set_num_threads(threads)
+    _C.set_isa("auto")
+
+
+def _isas(_C) -> list[str]:
+    return ["avx2", "scalar"] if _C.cpu_features()["avx2"] else ["scalar"]
+
+
+def test_pool_follows_the_thread_count(cpp):
+    x = torch.randn(64, 65_536)
+    torch.set_num_threads(64)
+    ss.softmax(x, -1)
+    assert cpp.pool_workers() == 63
+    for threads in (2, 1, 4, 2):
+        torch.set_num_threads(threads)
+        ss.softmax(x, -1)
+        assert cpp.pool_workers() <= threads - 1
+    torch.set_num_threads(64)
+    ss.log_softmax(x, 0)  # the column kernels use the same pool
+    torch.set_num_threads(3)
+    ss.log_softmax(x, 0)
+    assert cpp.pool_workers() <= 2
+
+
+def test_concurrent_callers_get_the_serial_results(cpp):
+    gen = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(r, c, generator=gen).half() for r, c in [(1, 152_064), (4, 70_000), (64, 3000), (300, 77)]]
+    torch.set_num_threads(2)
+    expected = [(ss.softmax(x, -1), ss.log_softmax(x, 0)) for x in inputs]
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        for i in range(6):
+            x = inputs[(k + i) % len(inputs)]
+            got = (ss.softmax(x, -1), ss.log_softmax(x, 0))
+            want = expected[(k + i) % len(inputs)]
+            if not all(torch.equal(g, w) for g, w in zip(got, want)):
+                errors.append(f"thread {k}, input {(k + i) % len(inputs)}")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+LONG = [pytest.param(n, marks=pytest.mark.slow) for n in (65_536, 262_144)]
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("cols", [37, 3000, *LONG], ids=str)
+def test_bitwise_invariance(cpp, cols, dtype, log):
+    """The same row alone, in batches of 2, 7 and 64 at any position, with 1, 2 and 4 threads (whole rows
+    and rows split across threads), on both ISAs: bitwise the same output."""
+    op = ss.log_softmax if log else ss.softmax
+    gen = torch.Generator().manual_seed(cols)
+    row = (torch.randn(1, cols, generator=gen) * 5).to(dtype)
+    batches = [1, 2, 7] if cols > 65_536 else [1, 2, 7, 64]
+    for isa in _isas(cpp):
+        cpp.set_isa(isa)
+        torch.set_num_threads(1)
+        want = op(row, -1)
+        for out_dtype in (None, torch.float32):
+            want_d = op(row, -1, dtype=out_dtype)
+            for threads in (1, 2, 4):
+                torch.set_num_threads(threads)
+                for batch in batches:
+                    others = (torch.randn(batch, cols, generator=gen) * 5).to(dtype)
+                    for pos in sorted({0, batch // 2, batch - 1}):
+                        x = others.clone()
+                        x[pos] = row[0]
+                        got = op(x, -1, dtype=out_dtype)[pos]
+                        assert torch.equal(got, want_d[0]), (isa, threads, batch, pos, out_dtype)
+        assert torch.equal(op(row, -1), want)
+
+
+def test_bitwise_invariance_of_backward(cpp):
+    gen = torch.Generator().manual_seed(3)
+    y = torch.softmax(torch.randn(1, 100_000, generator=gen), -1)
+    g = torch.randn(1, 100_000, generator=gen)
+    from stablesoftmax._softmax import _backward
+
+    for isa in _isas(cpp):
+        cpp.set_isa(isa)
+        torch.set_num_threads(1)
+        want = _backward(y, g, 1, torch.float32, False)
+        for threads in (2, 4):
+            torch.set_num_threads(threads)
+            for batch in (1, 3, 16):
+                yb, gb = y.repeat(batch, 1), g.repeat(batch, 1)
+                got = _backward(yb, gb, 1, torch.float32, False)
+                assert torch.equal(got[batch - 1], want[0]), (isa, threads, batch)
+
+
+_RSS_CHILD = textwrap.dedent(
+    """
+    import gc, os, sys, torch
+    import stablesoftmax as ss
+    torch.set_num_threads(2)
+    page = os.sysconf("SC_PAGE_SIZE")
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+    with ss.use_backend("cpp"):
+        ss.softmax(torch.randn(4, 1000).half(), -1)
+        before = rss()
+        for shape in [(4, 1 << 23), (1, 1 << 23)]:
+            x = torch.randn(shape).half()
+            for dtype in (None, torch.float32):
+                y = ss.softmax(x, -1, dtype=dtype)
+                del y
+            y = ss.log_softmax(x, -1)
+            del x, y
+        gc.collect()
+        grown = rss() - before
+    print(grown)
+    sys.exit(0 if grown < (40 << 20) else 1)
+    """
+)
+
+
+def test_scratch_memory_is_bounded():
+    """Rows of 2^23 float16 need 32 MiB of float32 stage each: after the calls, what the threads keep
+    must stay under the per-thread cap (16 MiB) times the threads, not grow to the largest row."""
+    require_backend("cpp")
+    env = {k: v for k, v in os.environ.items() if k != "STABLESOFTMAX_BACKEND"}
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD], env=env, timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, f"resident memory grew by {proc.stdout.strip()} bytes; {proc.stderr[-1000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_staged_and_recomputed_exponentials_agree(cpp, dtype):
+    """A row of 2^21 + 512 entries: one thread stages its exponentials (8 MiB), two threads split it and
+    recompute them (the shared stage would pass 8 MiB): bitwise the same output."""
+    x = (torch.randn(1, (1 << 21) + 512, generator=torch.Generator().manual_seed(9)) * 6).to(dtype)
+    for isa in _isas(cpp):
+        cpp.set_isa(isa)
+        torch.set_num_threads(1)
+        want = ss.softmax(x, -1)
+        torch.set_num_threads(2)
+        assert torch.equal(ss.softmax(x, -1), want), isa
