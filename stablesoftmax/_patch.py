@@ -246,10 +246,7 @@ _NOTE = """
        ``stablesoftmax`` ({what}); everything else goes to the original, available as
        ``__wrapped__``.{extra}
 """
-_AUTOGRAD = (
-    " The package's autograd is once-differentiable: double backward through a routed call"
-    " raises (call :func:`stablesoftmax.unpatch` around code that needs it)."
-)
+_AUTOGRAD = " Routed calls support autograd to any order (double backward included), as torch's op."
 _SOFTMAX_NOTE = "+inf entries share the mass, -inf rows give 0 / -inf instead of NaN"
 _MULTINOMIAL_NOTE = "NaN, inf or negative entries raise StableSoftmaxError naming the rows"
 
@@ -467,8 +464,13 @@ def patch() -> None:
 
     Notes
     -----
-    The package's softmax backward is once-differentiable: double backward (``create_graph=True``
-    followed by a second ``backward``) through a routed call raises. Run such code unpatched.
+    Routed softmax / log_softmax calls are differentiable to any order (``create_graph=True``,
+    ``gradgradcheck``), as torch's own ops are. Under ``torch.compile`` routed calls compile to the
+    package's custom ops, so compiled code gets the same answers as eager code. Dynamo does not
+    guard on ``Tensor.softmax`` / ``Tensor.log_softmax`` / ``Tensor.multinomial`` (it compiles
+    method calls without looking the method up), so a function compiled before :func:`patch` keeps
+    torch's answers for those method calls, and one compiled while patched keeps the package's,
+    until it recompiles (``torch._dynamo.reset()``); the function forms recompile by themselves.
 
     See Also
     --------
