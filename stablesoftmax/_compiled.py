@@ -19,6 +19,12 @@ Schemas::
         Tensor? offset, SymInt offset_value, bool return_logprobs, bool validate) -> (Tensor, Tensor)
     stablesoftmax::multinomial(Tensor input, SymInt num_samples, bool replacement) -> Tensor
 
+Autograd: ``softmax`` has a registered autograd that calls ``softmax_backward``, whose own
+registered autograd is the double backward in differentiable torch ops (the eager math of
+:func:`stablesoftmax._softmax._double_backward`), so derivatives of any order are exact wherever
+the ops' autograd runs (eagerly, and under dynamo with ``backend="eager"``). AOTAutograd, behind
+the default backends, refuses double backward through a compiled graph with its own error.
+
 Randomness under compile:
 
 - ``seed=`` (an int, or an int64 tensor with one seed per row) and ``offset=`` pass through the
@@ -97,9 +103,7 @@ def _softmax_backward_op(
     output: torch.Tensor, grad: torch.Tensor, dim: int, grad_dtype: torch.dtype, log: bool
 ) -> torch.Tensor:
     """Gradient of softmax / log_softmax from its output, in float32 (float64), returned in ``grad_dtype``."""
-    if output.numel() == 0:
-        return torch.zeros(output.shape, dtype=grad_dtype, device=output.device)
-    return _softmax._backward(output, grad, dim, grad_dtype, log)
+    return _softmax._gradient(output, grad, dim, grad_dtype, log)
 
 
 @_softmax_backward_op.register_fake
@@ -120,6 +124,22 @@ def _softmax_grad(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor],
 
 
 _softmax_op.register_autograd(_softmax_grad, setup_context=_softmax_setup_context)
+
+
+def _softmax_backward_setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    output_, grad, dim, _, log = inputs
+    ctx.save_for_backward(output_, grad)
+    ctx.dim, ctx.log = dim, log
+
+
+def _softmax_backward_grad(ctx: Any, v: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+    """Double backward, in differentiable torch ops (the same math as eager): correct to any order."""
+    output, grad = ctx.saved_tensors
+    d_output, d_grad = _softmax._double_backward(output, grad, v, ctx.dim, ctx.log, ctx.needs_input_grad[:2])
+    return d_output, d_grad, None, None, None
+
+
+_softmax_backward_op.register_autograd(_softmax_backward_grad, setup_context=_softmax_backward_setup_context)
 
 
 def softmax(input: torch.Tensor, dim: Optional[int] = -1, dtype: Optional[torch.dtype] = None) -> torch.Tensor:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -47,6 +48,16 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _is_functorch_wrapped: Callable[[torch.Tensor], bool] | None = getattr(
     getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None
+)
+# While torch.compile traces a call (dynamo's fake-tensor propagation, AOTAutograd's functionalisation),
+# the replacements see torch's own tracing tensors: those stand for plain tensors and are routed too.
+_TRACING_TYPES: tuple[type, ...] = tuple(
+    t
+    for t in (
+        getattr(getattr(torch._subclasses, "fake_tensor", None), "FakeTensor", None),
+        getattr(getattr(torch._subclasses, "functional_tensor", None), "FunctionalTensor", None),
+    )
+    if t is not None
 )
 _MARK = "__stablesoftmax_patch__"  # set on every replacement, so a replacement is never saved as an original
 
@@ -90,7 +101,22 @@ def _is_dual(x: torch.Tensor) -> bool:
 
 
 def _routable(x: Any) -> bool:
-    """A plain, dense, strided, floating-point tensor that the package handles like torch would."""
+    """A plain, dense, strided, floating-point tensor that the package handles like torch would.
+
+    Under ``torch.compile`` the same call must take the same route as eagerly, traced: dynamo
+    inlines the replacements (it cannot trace the functorch query, and a functorch-wrapped
+    tensor never reaches compiled code as such), and AOTAutograd runs them on its tracing tensors.
+    """
+    if torch.compiler.is_compiling():
+        return (
+            (type(x) in _PLAIN_TYPES or type(x) in _TRACING_TYPES)
+            and x.dtype in _FLOAT_DTYPES
+            and x.layout == torch.strided
+            and not x.is_nested
+            and not x.is_meta
+            and not x.is_quantized
+            and not _is_dual(x)
+        )
     return (
         type(x) in _PLAIN_TYPES
         and x.dtype in _FLOAT_DTYPES
@@ -220,10 +246,7 @@ _NOTE = """
        ``stablesoftmax`` ({what}); everything else goes to the original, available as
        ``__wrapped__``.{extra}
 """
-_AUTOGRAD = (
-    " The package's autograd is once-differentiable: double backward through a routed call"
-    " raises (call :func:`stablesoftmax.unpatch` around code that needs it)."
-)
+_AUTOGRAD = " Routed calls support autograd to any order (double backward included), as torch's op."
 _SOFTMAX_NOTE = "+inf entries share the mass, -inf rows give 0 / -inf instead of NaN"
 _MULTINOMIAL_NOTE = "NaN, inf or negative entries raise StableSoftmaxError naming the rows"
 
@@ -365,6 +388,31 @@ def _teach_torchscript() -> None:
                 _set_jit_function_cache(replacement, scripted)
 
 
+def _teach_dynamo() -> None:
+    """Keep dynamo's table of torch's own in-graph functions keyed by the originals, never the replacements.
+
+    Dynamo builds that table once per process (``trace_rules.get_torch_obj_rule_map``, cached) by
+    looking up ``torch.softmax`` and the others by name. Built while patched, it lists the
+    replacements as torch builtins: dynamo then puts them into the graph unread (AOTAutograd traces
+    them with its own tensors, where they used to defer to torch: NaN for ``+inf`` rows) and, after
+    :func:`unpatch`, no longer knows the originals (``torch.softmax`` "marked as skipped" under
+    ``fullgraph=True``). Built unpatched, it is right: dynamo inlines the replacements, which route
+    to the package's custom ops. Called at every patch and unpatch; a table not built yet is left to
+    be built, and a torch without this internal only keeps its own behaviour.
+    """
+    trace_rules = sys.modules.get("torch._dynamo.trace_rules")
+    get_rules = getattr(trace_rules, "get_torch_obj_rule_map", None)
+    cache_info = getattr(get_rules, "cache_info", None)
+    if cache_info is None or cache_info().currsize == 0:
+        return
+    with contextlib.suppress(Exception):
+        rules = get_rules()
+        for key, replacement in _REPLACEMENTS.items():
+            rule = rules.pop(replacement, None)
+            if rule is not None:
+                rules.setdefault(_orig(key), rule)
+
+
 def _install() -> None:
     if _state["installed"]:
         return
@@ -373,6 +421,7 @@ def _install() -> None:
         current = getattr(owner, attr)
         if getattr(current, _MARK, None) is None:  # never save a replacement as the original
             _originals[key] = (current, attr in vars(owner))
+    _teach_dynamo()
     for key, (owner, attr) in _TARGETS.items():
         setattr(owner, attr, _REPLACEMENTS[key])
     _state["installed"] = True
@@ -387,6 +436,7 @@ def _restore() -> None:
             setattr(owner, attr, original)
         elif attr in vars(owner):
             delattr(owner, attr)  # the inherited method shows through again, the very same object
+    _teach_dynamo()
     _state["installed"] = False
 
 
@@ -414,8 +464,13 @@ def patch() -> None:
 
     Notes
     -----
-    The package's softmax backward is once-differentiable: double backward (``create_graph=True``
-    followed by a second ``backward``) through a routed call raises. Run such code unpatched.
+    Routed softmax / log_softmax calls are differentiable to any order (``create_graph=True``,
+    ``gradgradcheck``), as torch's own ops are. Under ``torch.compile`` routed calls compile to the
+    package's custom ops, so compiled code gets the same answers as eager code. Dynamo does not
+    guard on ``Tensor.softmax`` / ``Tensor.log_softmax`` / ``Tensor.multinomial`` (it compiles
+    method calls without looking the method up), so a function compiled before :func:`patch` keeps
+    torch's answers for those method calls, and one compiled while patched keeps the package's,
+    until it recompiles (``torch._dynamo.reset()``); the function forms recompile by themselves.
 
     See Also
     --------

@@ -120,8 +120,70 @@ def _backward(y: torch.Tensor, grad: torch.Tensor, dim: int, grad_dtype: torch.d
     return out
 
 
+def _double_backward(
+    y: torch.Tensor, grad: torch.Tensor, v: torch.Tensor, dim: int, log: bool, needs: tuple[bool, ...] = (True, True)
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of the backward map ``(y, g) -> dx`` wrt ``y`` and ``g``, given the upstream ``v`` (shaped as dx).
+
+    softmax: ``dx = y * (g - sum(g * y))``, so ``dL/dg = y * (v - sum(v * y))`` and
+    ``dL/dy = v * (g - sum(g * y)) - g * sum(v * y)``.
+    log_softmax: ``dx = g - exp(y) * sum(g)``, so ``dL/dg = v - sum(v * exp(y))`` and
+    ``dL/dy = -v * exp(y) * sum(g)``.
+
+    Differentiable torch ops in float32 (float64 when any side is float64), each result in the
+    dtype of the tensor it is the gradient of: autograd goes on to any order through them, and
+    ``dL/dy`` reaches the input through the forward's own backward. ``-inf`` entries of a
+    log_softmax output contribute ``exp(-inf) = 0``: masked rows stay 0, never NaN.
+    """
+    acc = torch.float64 if torch.float64 in (y.dtype, grad.dtype, v.dtype) else torch.float32
+    yf, gf, vf = y.to(acc), grad.to(acc), v.to(acc)
+    d_y = d_g = None
+    if log:
+        p = yf.exp()
+        if needs[0]:
+            d_y = (-(vf * p) * gf.sum(dim, keepdim=True)).to(y.dtype)
+        if needs[1]:
+            d_g = (vf - (vf * p).sum(dim, keepdim=True)).to(grad.dtype)
+    else:
+        vy = (vf * yf).sum(dim, keepdim=True)
+        if needs[0]:
+            d_y = (vf * (gf - (gf * yf).sum(dim, keepdim=True)) - gf * vy).to(y.dtype)
+        if needs[1]:
+            d_g = (yf * (vf - vy)).to(grad.dtype)
+    return d_y, d_g
+
+
+def _gradient(y: torch.Tensor, grad: torch.Tensor, dim: int, grad_dtype: torch.dtype, log: bool) -> torch.Tensor:
+    """The backward kernel, also for empty tensors (no kernel call)."""
+    if y.numel() == 0:
+        return torch.zeros(y.shape, dtype=grad_dtype, device=y.device)
+    return _backward(y, grad, dim, grad_dtype, log)
+
+
+class _SoftmaxBackwardFunction(torch.autograd.Function):
+    """The backward kernel as a differentiable function of the forward output and the upstream gradient."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, y: torch.Tensor, grad: torch.Tensor, dim: int, grad_dtype: torch.dtype, log: bool
+    ) -> torch.Tensor:
+        ctx.save_for_backward(y, grad)
+        ctx.dim, ctx.log = dim, log
+        return _gradient(y, grad, dim, grad_dtype, log)
+
+    @staticmethod
+    def backward(ctx: Any, v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        y, grad = ctx.saved_tensors
+        d_y, d_g = _double_backward(y, grad, v, ctx.dim, ctx.log, ctx.needs_input_grad[:2])
+        return d_y, d_g, None, None, None
+
+
 class _SoftmaxFunction(torch.autograd.Function):
-    """Autograd for both ops: backward in float32 (float64), gradient in the input's dtype."""
+    """Autograd for both ops: backward in float32 (float64), gradient in the input's dtype, to any order.
+
+    The backward is itself a differentiable function (:class:`_SoftmaxBackwardFunction`) of the
+    saved output, so ``create_graph=True`` records it and higher derivatives are exact.
+    """
 
     @staticmethod
     def forward(ctx: Any, input: torch.Tensor, dim: int, out_dtype: torch.dtype, log: bool) -> torch.Tensor:
@@ -131,12 +193,9 @@ class _SoftmaxFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         (out,) = ctx.saved_tensors
-        if out.numel() == 0:
-            return torch.zeros(out.shape, dtype=ctx.input_dtype, device=out.device), None, None, None
-        return _backward(out, grad, ctx.dim, ctx.input_dtype, ctx.log), None, None, None
+        return _SoftmaxBackwardFunction.apply(out, grad, ctx.dim, ctx.input_dtype, ctx.log), None, None, None
 
 
 def _apply(input: torch.Tensor, dim: int | None, dtype: torch.dtype | None, log: bool) -> torch.Tensor:

@@ -351,3 +351,146 @@ def test_opcheck_schemas_fakes_and_autograd(gen):
     # unseeded: two runs differ, so no output comparison (test_aot_dispatch_dynamic)
     probs = torch.rand(3, 20, generator=gen)
     torch.library.opcheck(ops.multinomial.default, (probs, 4, False), test_utils=("test_schema", "test_faketensor"))
+
+
+# --------------------------------------------------------------------------- patch() under torch.compile
+
+_PATCHED_SOFTMAX_FORMS = {
+    "torch.softmax": lambda t: torch.softmax(t, -1),
+    "F.softmax": lambda t: torch.nn.functional.softmax(t, dim=-1),
+    "Tensor.softmax": lambda t: t.softmax(-1),
+    "Tensor.softmax of an intermediate": lambda t: (t * 2).softmax(-1, torch.float32),
+    "nn.Softmax": torch.nn.Softmax(-1),
+    "torch.log_softmax": lambda t: torch.log_softmax(t, 1),
+    "F.log_softmax": lambda t: torch.nn.functional.log_softmax(t, 1, dtype=torch.float32),
+    "Tensor.log_softmax": lambda t: t.log_softmax(-1),
+    "nn.LogSoftmax": torch.nn.LogSoftmax(1),
+}
+
+
+class _Wrap(torch.nn.Module):
+    """A small module that calls one entry point on a linear layer's output."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.call = call
+
+    def forward(self, t):
+        return self.call(t + 0.0)
+
+
+@pytest.fixture
+def _unpatched_after():
+    yield
+    ss.unpatch()
+    from stablesoftmax import _patch
+
+    _patch._state["depth"] = 0
+
+
+@pytest.mark.usefixtures("_unpatched_after")
+@pytest.mark.parametrize("fullgraph", [True, False], ids=["fullgraph", "graph-breaks-allowed"])
+@pytest.mark.parametrize("form", list(_PATCHED_SOFTMAX_FORMS))
+def test_patched_softmax_forms_compile_to_the_package(form, fullgraph, gen):
+    """Compiled under patch(): bit-equal to eager under patch(), +inf rows included (torch gives NaN)."""
+    x = _with_nonfinite_rows(_random((5, 40), torch.float16, gen))
+    module = _Wrap(_PATCHED_SOFTMAX_FORMS[form])
+    assert torch.isnan(module(x)[2]).all()  # unpatched torch: inf - inf
+    ss.patch()
+    eager = module(x)
+    compiled = torch.compile(module, fullgraph=fullgraph, backend="aot_eager")(x)
+    assert not torch.isnan(compiled[2]).any()
+    assert compiled.dtype == eager.dtype and compiled.stride() == eager.stride()
+    assert torch.equal(compiled, eager)
+
+
+_PATCHED_MULTINOMIAL_FORMS = {
+    "torch.multinomial": lambda p: torch.multinomial(p, 3),
+    "Tensor.multinomial": lambda p: p.multinomial(5, True),
+}
+
+
+@pytest.mark.usefixtures("_unpatched_after")
+@pytest.mark.parametrize("fullgraph", [True, False], ids=["fullgraph", "graph-breaks-allowed"])
+@pytest.mark.parametrize("form", list(_PATCHED_MULTINOMIAL_FORMS))
+def test_patched_multinomial_forms_compile_to_the_package(form, fullgraph, gen):
+    """Same tokens as eager under patch(), and the package's error (not torch's) for a NaN row."""
+    module = _Wrap(_PATCHED_MULTINOMIAL_FORMS[form])
+    probs = torch.rand(4, 300, generator=gen)
+    probs[1, :150] = 0
+    bad = probs.clone()
+    bad[2, 7] = NAN
+    ss.patch()
+    compiled = torch.compile(module, fullgraph=fullgraph, backend="aot_eager")
+    torch.manual_seed(5)
+    tokens = compiled(probs)
+    torch.manual_seed(5)
+    assert torch.equal(tokens, module(probs))
+    assert (tokens[1] >= 150).all()
+    with pytest.raises(ss.StableSoftmaxError, match=r"contains NaN entries in 1 of 4 rows \(rows 2\)"):
+        compiled(bad)
+
+
+@pytest.mark.usefixtures("_unpatched_after")
+def test_patched_module_under_inductor_and_after_unpatch(gen):
+    """A model with several entry points under inductor; after unpatch() torch's answers come back compiled."""
+    x = _with_nonfinite_rows(_random((6, 64), torch.float32, gen))
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sm = torch.nn.Softmax(-1)
+
+        def forward(self, t):
+            return self.sm(t), torch.log_softmax(t, -1), torch.nn.functional.softmax(t * 1.5, -1, torch.float64)
+
+    model = Model()
+    with ss.patched():
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="inductor")(x)
+    for got, want in zip(compiled, eager):
+        assert torch.equal(got, want) and not torch.isnan(got).any()
+    torch._dynamo.reset()
+    plain = torch.compile(model, fullgraph=True, backend="inductor")(x)  # the originals, compiled by torch
+    for got, want in zip(plain, model(x)):
+        assert torch.isnan(got[2]).all() and torch.isnan(got[3]).all()
+        torch.testing.assert_close(got[[0, 4, 5]], want[[0, 4, 5]])
+
+
+_ORDER_SCRIPT = """
+import math, torch, stablesoftmax as ss
+x = torch.tensor([[1.0, math.inf, 2.0, math.inf]])
+def package_op():
+    return torch.compile(lambda t: ss.softmax(t, -1), fullgraph=True, backend="aot_eager")(x)
+def patched_torch():
+    with ss.patched():
+        return torch.compile(lambda t: torch.softmax(t, -1), fullgraph=True, backend="aot_eager")(x)
+def plain_torch():
+    return torch.compile(lambda t: torch.softmax(t * 1, -1), fullgraph=True, backend="aot_eager")(x)
+limit = [0.0, 0.5, 0.0, 0.5]
+for step in {steps}:
+    out = globals()[step]()
+    expected = limit if step != "plain_torch" else None
+    assert (out.tolist() == [limit]) if expected else torch.isnan(out).all(), (step, out)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        ["package_op", "patched_torch", "plain_torch"],  # dynamo's tables built unpatched
+        ["patched_torch", "plain_torch", "package_op", "patched_torch"],  # built while patched
+    ],
+    ids=["package-op-first", "patched-call-first"],
+)
+def test_patched_fullgraph_in_either_order(steps):
+    """In a fresh process: whatever was compiled first, patched and plain calls compile (fullgraph) and answer right."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _ORDER_SCRIPT.format(steps=steps)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
