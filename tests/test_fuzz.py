@@ -24,7 +24,7 @@ import stablesoftmax as ss
 
 IN_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 OUT_DTYPES = [None, torch.float16, torch.bfloat16, torch.float32, torch.float64]
-CHECK_STRIDES = False
+CHECK_STRIDES = True
 VIEWS = ["contiguous", "transposed", "stepped", "expanded", "offset"]
 # Interpreted Triton costs ~ms per program: keep its tensors small.
 MAX_NUMEL = {"triton": 3_000 if INTERPRETED else 200_000, "cpp": 60_000, "torch": 60_000}

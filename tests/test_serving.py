@@ -87,13 +87,13 @@ def test_forked_child_computes_after_the_parent_used_everything():
         ss.softmax(x, 0).sum().backward(); ss.softmax(x, -1); ss.log_softmax(x.detach().half(), 0)
         ss.sample_from_logits(x.detach(), 2, top_k=5, seed=1); ss.multinomial(torch.rand(4, 100), 2)
         y = torch.randn(256, 3000, requires_grad=True)  # the child's inputs and answers, made here
-        g = torch.randn(256, 3000)
-        want = [ss.softmax(y.detach(), 0), ss.log_softmax(y.detach().half(), 0), ss.softmax(y.detach(), -1),
+        g, y16 = torch.randn(256, 3000), y.detach().half()  # (a float16 copy in the child would hang in torch)
+        want = [ss.softmax(y.detach(), 0), ss.log_softmax(y16, 0), ss.softmax(y.detach(), -1),
                 ss.sample_from_logits(y.detach(), 3, top_p=0.9, seed=2)]
         want_grad = torch.autograd.grad(ss.softmax(y, 0), y, g)[0]
         pid = os.fork()
         if pid == 0:
-            got = [ss.softmax(y.detach(), 0), ss.log_softmax(y.detach().half(), 0), ss.softmax(y.detach(), -1),
+            got = [ss.softmax(y.detach(), 0), ss.log_softmax(y16, 0), ss.softmax(y.detach(), -1),
                    ss.sample_from_logits(y.detach(), 3, top_p=0.9, seed=2)]
             got_grad = torch.autograd.grad(ss.softmax(y, 0), y, g)[0]
             same = all(np.array_equal(a.view(torch.int16 if a.dtype == torch.float16 else a.dtype).numpy(),
