@@ -160,14 +160,13 @@ def _agree(
     info = table.tolist()
     failed = [r for r, row in enumerate(info) if row[1]]
     if failed:
-        messages = [None] * comm.world
-        if comm.world > 1:
-            dist.all_gather_object(messages, None if error is None else str(error), group=comm.group)
-        else:
-            messages = [str(error)]
+        if len(failed) == comm.world:  # every rank failed its own checks: each raises what one device would
+            assert error is not None
+            raise error
+        messages: list[str | None] = [None] * comm.world
+        dist.all_gather_object(messages, None if error is None else str(error), group=comm.group)
         first = failed[0]  # the same text on every rank
-        text = messages[first] if len(failed) == comm.world else f"{messages[first]} (on rank {first} of {comm.world})"
-        raise StableSoftmaxError(text) from error
+        raise StableSoftmaxError(f"{messages[first]} (on rank {first} of {comm.world})") from error
     if len({row[2] for row in info}) > 1 or len({row[3] for row in info}) > 1:
         raise StableSoftmaxError(
             f"{op}(): every rank must pass logits of the same batch size and dtype; got (rows, dtype code) "
@@ -466,6 +465,54 @@ def _raise_for_bad_rows(
     )  # fmt: skip
 
 
+def _sample(
+    comm: _Comm,
+    x: torch.Tensor,
+    layout: _Layout,
+    m: torch.Tensor,
+    greedy: torch.Tensor,
+    temp: torch.Tensor,
+    k_tensor: torch.Tensor | None,
+    k_max: int | None,
+    p_tensor: torch.Tensor | None,
+    minp_tensor: torch.Tensor | None,
+    keys: torch.Tensor,
+    row_ids: torch.Tensor,
+    offsets: torch.Tensor,
+    num_samples: int,
+    replacement: bool,
+    return_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The filters and the draw of ``torch_sampling._sample_chunk`` on this rank's columns: global ids
+    ``(rows, n)`` (``-1`` where a row has too few candidates) and, when asked, their float64 log-probs."""
+    acc = m.dtype
+    s = _shifted(x, m, acc)
+    z = s / torch.where(greedy, 1.0, temp.to(acc))[:, None]
+    e = torch.exp(z)
+    keep = e > 0
+    if k_tensor is not None:
+        keep &= _top_k_keep(comm, z, k_tensor, k_max)
+    if p_tensor is not None:
+        w = torch.where(keep, e, 0)
+        total = comm.all_reduce(w.to(torch.float64).sum(dim=1, keepdim=True))
+        bound = p_tensor[:, None].to(torch.float64) * total
+        keep &= (p_tensor >= 1)[:, None] | _radix_floor(comm, z, w, bound)
+    if minp_tensor is not None:
+        keep &= e >= minp_tensor[:, None].to(acc)
+    w = torch.where(keep, e, 0)
+    if _draw_with_replacement(num_samples, replacement):
+        chosen = _draw_with_replacement_global(comm, w, layout, keys, row_ids, offsets, num_samples)
+    else:
+        chosen = _draw_race_global(comm, w, z, layout, keys, row_ids, offsets, num_samples)
+    if not return_logprobs:
+        return chosen, None
+    local = chosen - layout.col0
+    mine = (local >= 0) & (local < layout.cols)
+    picked = torch.where(mine, z.gather(1, local.clamp(0, layout.cols - 1)).to(torch.float64), 0.0)
+    summed = comm.all_reduce(torch.cat([w.to(torch.float64).sum(dim=1, keepdim=True), picked], dim=1))
+    return chosen, summed[:, 1:] - torch.log(summed[:, :1])
+
+
 def sample_from_logits(
     local_logits: torch.Tensor,
     num_samples: int = 1,
@@ -546,45 +593,32 @@ def sample_from_logits(
     if rows == 0:
         empty = torch.empty((*batch, num_samples), dtype=torch.int64, device=x.device)
         return (empty, empty.float()) if return_logprobs else empty
-    if seed is None:
+    all_greedy = not isinstance(temperature, torch.Tensor) and temperature == 0
+    if seed is None and not all_greedy:
         keys = comm.broadcast_from_first(keys)
     if k_max is not None and vocab is not None and k_max >= vocab:
         k_tensor = k_max = None  # off
 
     acc = _accumulation(x)
     m, argmax = _global_max(comm, x, layout, acc)
-    s = _shifted(x, m, acc)
     greedy = temp == 0
-    z = s / torch.where(greedy, 1.0, temp.to(acc))[:, None]
-    e = torch.exp(z)
-    keep = e > 0
-    if k_tensor is not None:
-        keep &= _top_k_keep(comm, z, k_tensor, k_max)
-    if p_tensor is not None:
-        w = torch.where(keep, e, 0)
-        total = comm.all_reduce(w.to(torch.float64).sum(dim=1, keepdim=True))
-        bound = p_tensor[:, None].to(torch.float64) * total
-        keep &= (p_tensor >= 1)[:, None] | _radix_floor(comm, z, w, bound)
-    if minp_tensor is not None:
-        keep &= e >= minp_tensor[:, None].to(acc)
-    w = torch.where(keep, e, 0)
     has_nan = torch.isnan(m[:, 0])
-    if _draw_with_replacement(num_samples, replacement):
-        drawn = _draw_with_replacement_global(comm, w, layout, keys, row_ids, offsets, num_samples)
-    else:
-        drawn = _draw_race_global(comm, w, z, layout, keys, row_ids, offsets, num_samples)
-    drawn = torch.where(has_nan[:, None], -1, drawn)
     greedy_ok = (greedy & ~has_nan & (m[:, 0] > _NEG_INF))[:, None]
-    chosen = torch.where(greedy[:, None], torch.where(greedy_ok, argmax[:, None], -1), drawn)
+    greedy_tokens = torch.where(greedy_ok, argmax[:, None], -1).expand(rows, num_samples)
     logprobs = None
-    if return_logprobs:
-        local = chosen - layout.col0
-        mine = (local >= 0) & (local < layout.cols)
-        picked = torch.where(mine, z.gather(1, local.clamp(0, layout.cols - 1)).to(torch.float64), 0.0)
-        summed = comm.all_reduce(torch.cat([w.to(torch.float64).sum(dim=1, keepdim=True), picked], dim=1))
-        values = summed[:, 1:] - torch.log(summed[:, :1])
-        values = torch.where(greedy[:, None], 0.0, values)
-        logprobs = torch.where(chosen >= 0, values, math.nan).to(torch.float32)
+    if all_greedy:  # a scalar temperature 0: nothing else to compute or communicate
+        chosen = greedy_tokens.contiguous()
+        if return_logprobs:
+            logprobs = torch.where(chosen >= 0, 0.0, math.nan).to(torch.float32)
+    else:
+        chosen, logprobs = _sample(
+            comm, x, layout, m, greedy, temp, k_tensor, k_max, p_tensor, minp_tensor,
+            keys, row_ids, offsets, num_samples, replacement, return_logprobs,
+        )  # fmt: skip
+        chosen = torch.where(greedy[:, None], greedy_tokens, torch.where(has_nan[:, None], -1, chosen))
+        if logprobs is not None:
+            logprobs = torch.where(chosen >= 0, torch.where(greedy[:, None], 0.0, logprobs), math.nan)
+            logprobs = logprobs.to(torch.float32)
     if validate:
         assert vocab is not None
         has_filters = any(t is not None for t in (k_tensor, p_tensor, minp_tensor))

@@ -170,11 +170,36 @@ def _run_cases(rank: int, world: int) -> list[str]:
         except (Exception, pytest.fail.Exception):
             failures.append(f"{name}: {traceback.format_exc(limit=3)}")
 
-    for name, full, kw in _sampling_cases():
+    def reference(index: int, fn):
+        """``fn()`` computed on one rank (they take turns: the single-device calls are the slow part), sent to all."""
+        import torch.distributed as dist
 
-        def case(full=full, kw=kw, name=name):
-            with ss.use_backend("torch"):
-                want = ss.sample_from_logits(full, **kw)
+        owner = index % world
+        box = [None]
+        if rank == owner:
+            try:
+                box = [("ok", fn())]
+            except Exception:
+                box = [("failed", traceback.format_exc(limit=3))]
+        dist.broadcast_object_list(box, src=owner)
+        status, value = box[0]
+        if status != "ok":
+            raise AssertionError(f"the single-device reference failed on rank {owner}: {value}")
+        return value
+
+    def single_device(full, kw):
+        with ss.use_backend("torch"):
+            return ss.sample_from_logits(full, **kw)
+
+    def single_device_error(full, kw):
+        with ss.use_backend("torch"), pytest.raises(ss.StableSoftmaxError) as info:
+            ss.sample_from_logits(full, **kw)
+        return str(info.value)
+
+    for index, (name, full, kw) in enumerate(_sampling_cases()):
+
+        def case(full=full, kw=kw, index=index):
+            want = reference(index, lambda: single_device(full, kw))
             got = sd.sample_from_logits(_shard(full, rank, world), **kw)
             if isinstance(want, tuple):
                 _same(got[0], want[0], "tokens")
@@ -197,14 +222,10 @@ def _run_cases(rank: int, world: int) -> list[str]:
 
     check("seed from rank 0's default generator", default_generator)
 
-    for name, full, kw, rank_dependent in _error_cases(rank, world):
+    for index, (name, full, kw, rank_dependent) in enumerate(_error_cases(rank, world)):
 
-        def error_case(full=full, kw=kw, rank_dependent=rank_dependent):
-            want = None
-            if not rank_dependent:
-                with ss.use_backend("torch"), pytest.raises(ss.StableSoftmaxError) as info:
-                    ss.sample_from_logits(full, **kw)
-                want = str(info.value)
+        def error_case(full=full, kw=kw, rank_dependent=rank_dependent, index=index):
+            want = None if rank_dependent else reference(index, lambda: single_device_error(full, kw))
             with pytest.raises(ss.StableSoftmaxError) as info:
                 sd.sample_from_logits(_shard(full, rank, world), **kw)
             if want is not None and str(info.value) != want:
@@ -213,6 +234,17 @@ def _run_cases(rank: int, world: int) -> list[str]:
                 raise AssertionError(f"unexpected message {info.value}")
 
         check(f"error: {name}", error_case)
+
+    def batch_mismatch():
+        full = _logits(61, (7, 999))
+        local = _shard(full, rank, world)
+        if rank == world - 1:
+            local = torch.cat([local, local[:1]])  # one row more on the last rank
+        with pytest.raises(ss.StableSoftmaxError, match="same batch size"):
+            sd.sample_from_logits(local, seed=1)
+
+    if world > 1:
+        check("error: batch size differs between ranks", batch_mismatch)
 
     def softmax_cases():
         for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
