@@ -86,6 +86,7 @@ def _sampling_cases():
     ties = _logits(4, (rows, vocab), levels=2)
     fp16_ties = _logits(5, (rows, vocab), torch.float16, levels=4)
     few = _with_specials(_logits(6, (rows, vocab)), 7, neg=vocab - 5)  # 5 candidates per row
+    tiny = _logits(8, (rows, 9))  # shards of 1, 1, 2 and 5 columns over 4 ranks
     row_t = torch.tensor([1.0, 0.0, 0.5, 2.0, 0.0, 0.7, 1.3])
     row_k = torch.tensor([0, 1, 5, 40, vocab, vocab + 9, 3])
     row_p = torch.tensor([1.0, 0.9, 0.5, 0.99, 0.05, 0.7, 0.3])
@@ -131,6 +132,8 @@ def _sampling_cases():
          dict(num_samples=3, replacement=False, top_p=0.95, top_k=60, min_p=0.02, seed=20, temperature=row_t)),
         ("top-p float64", base.double(), dict(num_samples=3, top_p=row_p, seed=21)),
         ("top-p tiny", base, dict(num_samples=2, top_p=1e-6, seed=22)),
+        ("race, shards < num_samples", tiny, dict(num_samples=4, replacement=False, seed=26, return_logprobs=True)),
+        ("top-k larger than a shard", tiny, dict(num_samples=3, top_k=4, seed=27, top_p=0.9, return_logprobs=True)),
         ("unvalidated bad rows", _with_specials(base, 8, masked_rows=(1,), nan_rows=(4,)),
          dict(num_samples=2, seed=23, validate=False, return_logprobs=True)),
         ("unvalidated race", few, dict(num_samples=7, replacement=False, seed=24, validate=False)),
