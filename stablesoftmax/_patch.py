@@ -100,12 +100,30 @@ def _is_dual(x: torch.Tensor) -> bool:
     return fwad.unpack_dual(x).tangent is not None
 
 
+_dynamo_tracing: Callable[[], bool] = getattr(torch.compiler, "is_dynamo_compiling", lambda: False)
+_functorch_level: Callable[[], int | None] = getattr(
+    getattr(torch._C, "_functorch", None), "maybe_current_level", lambda: None
+)
+
+
+def _in_functorch_transform(x: torch.Tensor) -> bool:
+    """``x`` is wrapped by a ``torch.func`` transform (those calls go to torch).
+
+    Inside dynamo's trace the tensor query cannot be traced, but the transform level can (dynamo
+    evaluates it while tracing a transform's body); outside it, e.g. in AOTAutograd, ask the tensor.
+    """
+    if _dynamo_tracing():
+        return _functorch_level() is not None
+    return _is_functorch_wrapped is not None and _is_functorch_wrapped(x)
+
+
 def _routable(x: Any) -> bool:
     """A plain, dense, strided, floating-point tensor that the package handles like torch would.
 
     Under ``torch.compile`` the same call must take the same route as eagerly, traced: dynamo
-    inlines the replacements (it cannot trace the functorch query, and a functorch-wrapped
-    tensor never reaches compiled code as such), and AOTAutograd runs them on its tracing tensors.
+    inlines the replacements (it cannot trace the functorch query: inside its trace a
+    ``torch.func`` transform is its own higher-order op), and dynamo's fake-tensor propagation and
+    AOTAutograd run them on their tracing tensors, where the functorch query still applies.
     """
     if torch.compiler.is_compiling():
         return (
@@ -115,6 +133,7 @@ def _routable(x: Any) -> bool:
             and not x.is_nested
             and not x.is_meta
             and not x.is_quantized
+            and not _in_functorch_transform(x)
             and not _is_dual(x)
         )
     return (
