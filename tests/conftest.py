@@ -7,7 +7,17 @@ is a failure, not a skip: every backend must be tested there.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# A compile cache of this run's own: inductor's on-disk cache outlives the process and does not key
+# on a custom op's fake implementation, so a cache left by other code would make results depend on
+# what ran before.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="stablesoftmax-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import torch
 

@@ -90,11 +90,10 @@ def _empty_and_not_dense(sample) -> bool:
     return x.numel() == 0 and x.stride() != torch.empty(x.shape).stride()
 
 
-def _assert_like_torch(got: torch.Tensor, expected: torch.Tensor, log: bool, where: str, strides: bool = True) -> None:
+def _assert_like_torch(got: torch.Tensor, expected: torch.Tensor, log: bool, where: str) -> None:
     assert got.dtype == expected.dtype, where
     assert got.shape == expected.shape, where
-    if strides:
-        assert got.stride() == expected.stride(), f"{where}: strides {got.stride()} != torch's {expected.stride()}"
+    assert got.stride() == expected.stride(), f"{where}: strides {got.stride()} != torch's {expected.stride()}"
     rtol, atol = (LOG_TOL if log else TOL)[got.dtype]
     torch.testing.assert_close(got, expected, rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{where}: {m}")
 
@@ -120,14 +119,11 @@ def test_softmax_samples_match_torch(key, dtype, form):
         with ss.patched():
             got = call(sample.input, *sample.args, **sample.kwargs)
         where = f"{form}.{key[0]} {layout} {tuple(sample.input.shape)} {sample.args} {sample.kwargs}"
-        _assert_like_torch(got, expected, key[0] == "log_softmax", where, strides=not _empty_and_not_dense(sample))
+        _assert_like_torch(got, expected, key[0] == "log_softmax", where)
         count += 1
     assert count >= 14
 
 
-@pytest.mark.xfail(
-    strict=True, reason="_forward (layout work, not this branch): empty non-dense input keeps its strides in the output"
-)
 @pytest.mark.parametrize("key", SOFTMAX_KEYS, ids=KEY_IDS)
 def test_empty_non_contiguous_samples_get_torchs_strides(key):
     opinfo = OPINFOS[key]

@@ -69,7 +69,8 @@ def test_concurrent_threads_give_the_serial_results(backend_name):
 
 
 def _run_child(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
+    argv = [sys.executable, "-c", textwrap.dedent(code)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
 def test_forked_child_computes_after_the_parent_used_everything():
