@@ -402,7 +402,7 @@ def test_torch_backend_column_chunks_give_the_same_tokens(dtype, gen, monkeypatc
         for params in cases:
             kwargs = {"num_samples": 2000, "seed": 3, "offset": 1, "return_logprobs": True, "validate": False, **params}
             whole = ss.sample_from_logits(x, **kwargs)
-            with monkeypatch.context() as mp:  # 2 * 5 * 8 bytes per column: 500-column chunks
+            with monkeypatch.context() as mp:  # 5 * 4 (float64: 5 * 8) bytes per column: 2000 (1000) columns
                 mp.setattr(torch_softmax, "CPU_CHUNK_BYTES", 80 * 500)
                 mp.setattr(torch_softmax, "CHUNK_BYTES", 80 * 500)
                 chunked = ss.sample_from_logits(x, **kwargs)

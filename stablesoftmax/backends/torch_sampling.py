@@ -311,17 +311,17 @@ def _sample_chunk(
     s = _shifted(logits, m, acc)
     greedy = temperature == 0
     z = s / torch.where(greedy, 1.0, temperature.to(acc))[:, None]
-    # -inf / inf is NaN: at T = inf, -inf entries stay -inf (no other entry is NaN outside NaN rows)
-    z = torch.nan_to_num_(z, nan=-float("inf"), posinf=float("inf"), neginf=-float("inf"))
-    e = torch.exp(z)
+    e = torch.exp(z)  # (a NaN z, from -inf / inf at T = inf, gives e = NaN: not kept, never drawn)
     keep = e > 0
     if top_k is not None:
+        # -inf / inf is NaN, which topk and sort rank first: rank the -inf entries of T = inf rows last
+        zr = torch.nan_to_num(z, nan=-float("inf"), posinf=float("inf"), neginf=-float("inf"))
         if top_k_max is not None:
-            ranked = torch.topk(z, min(top_k_max, cols), dim=1).values
+            ranked = torch.topk(zr, min(top_k_max, cols), dim=1).values
         else:
-            ranked = torch.sort(z, dim=1, descending=True).values
+            ranked = torch.sort(zr, dim=1, descending=True).values
         kth = ranked.gather(1, (top_k.clamp(1, ranked.shape[1]) - 1)[:, None])
-        keep &= (top_k == 0)[:, None] | (z >= kth)
+        keep &= (top_k == 0)[:, None] | (zr >= kth)
     if top_p is not None:
         floor = _top_p_floor(z, torch.where(keep, e, 0), top_p)
         keep &= (top_p >= 1)[:, None] | (z >= floor)
@@ -332,6 +332,8 @@ def _sample_chunk(
     drawn = _draw(w, z, ~has_nan, seed, row_id, offset, num_samples, replacement)
     if replacement:
         argmax = logits.argmax(dim=1, keepdim=True).expand(rows, num_samples)
+    elif logits.device.type == "cpu" and not bool(greedy.any()):  # (no device to sync with on the CPU)
+        argmax = drawn  # no greedy row here: skip the ordering
     else:  # greedy rows without replacement: the n largest, in order
         argmax = greedy_order(logits, m, top_k, top_k_max, num_samples)
     greedy_ok = (greedy & ~has_nan & (m[:, 0] > -float("inf")))[:, None]
@@ -345,8 +347,11 @@ def _sample_chunk(
 
 
 def _column_step(x: torch.Tensor) -> int:
-    """Columns per chunk of a long row (a multiple of 4, so that chunks start on a Philox counter)."""
-    return max(chunks(1, 2 * x.shape[1], 8, x.device)[1] // 2 // 4 * 4, 4)
+    """Columns per chunk of a long row: the softmax's column chunk for the accumulation dtype (so a
+    row that softmax takes whole is sampled whole too), a multiple of 4 so that chunks start on a
+    Philox counter. Rows up to this long keep the one-piece path (:func:`_row_chunks`)."""
+    itemsize = 8 if x.dtype == torch.float64 else 4
+    return max(chunks(1, x.shape[1], itemsize, x.device)[1] // 4 * 4, 4)
 
 
 def _merge_top(
@@ -449,6 +454,8 @@ def _sample_long_row(
     drawn = torch.where(available & ~has_nan[:, None], idx, -1)
     if replacement:
         argmax = logits.argmax(dim=1, keepdim=True).expand(1, num_samples)
+    elif logits.device.type == "cpu" and not bool(greedy.any()):
+        argmax = drawn
     else:
         argmax = greedy_order(logits, m, top_k, top_k_max, num_samples, step)
     greedy_ok = (greedy & ~has_nan & (m[:, 0] > -float("inf")))[:, None]
