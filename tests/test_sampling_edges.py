@@ -347,3 +347,64 @@ def test_scratch_memory_is_released_after_large_rows(case, isa):
     )
     grown = int(out.stdout.split()[-1])
     assert grown < 24 << 20, f"{grown / 2**20:.0f} MiB still resident after the call"
+
+
+_PEAK_SCRIPT = """
+import resource, sys
+import torch
+import stablesoftmax as ss
+
+params = {"plain": {}, "top_k": {"top_k": 50, "min_p": 0.01}, "race": {"num_samples": 4, "replacement": False}}
+x = torch.randn(1, 1 << 23, dtype=torch.float16)
+with ss.use_backend("torch"):
+    ss.sample_from_logits(torch.randn(2, 100), 2, seed=0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ss.sample_from_logits(x, **{"num_samples": 8, "seed": 0, "return_logprobs": True, **params[sys.argv[1]]})
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["plain", "top_k", "race"])
+def test_torch_backend_sampling_memory_is_bounded(case):
+    """A long row goes through the torch backend in column chunks (STABLESOFTMAX_TORCH_CHUNK_BYTES):
+    sampling a 16 MiB float16 row used to raise peak RSS by ~20 bytes per entry (hundreds of MiB)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, case], capture_output=True, text=True, check=True)
+    grown = int(out.stdout.split()[-1])
+    assert grown < 48 << 20, f"peak RSS grew by {grown / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=str)
+def test_torch_backend_column_chunks_give_the_same_tokens(dtype, gen, monkeypatch):
+    """The column-chunked long-row path draws bitwise the tokens of the whole-row path."""
+    from stablesoftmax.backends import torch_softmax
+
+    require_backend("torch")
+    cols = 6_000
+    x = torch.randn(5, cols, generator=gen) * 3
+    x[1, ::3] = -INF
+    x[2, [5, 900, 4444]] = INF
+    x[3] = x[3].round()
+    x = x.to(dtype).to(DEVICE)
+    temperature = torch.tensor([0.0, 1.0, 0.0, 0.7, 0.0])
+    cases = [
+        {},
+        {"temperature": 0.5, "top_k": 7, "min_p": 0.1},
+        {"num_samples": 6, "replacement": False, "top_k": 20},
+        {"temperature": temperature, "num_samples": 9, "replacement": False, "top_k": 2000},
+        {"temperature": temperature, "num_samples": 9},
+        {"temperature": INF, "top_k": 1},
+    ]
+    with ss.use_backend("torch"):
+        for params in cases:
+            kwargs = {"num_samples": 2000, "seed": 3, "offset": 1, "return_logprobs": True, "validate": False, **params}
+            whole = ss.sample_from_logits(x, **kwargs)
+            with monkeypatch.context() as mp:  # 5 * 4 (float64: 5 * 8) bytes per column: 2000 (1000) columns
+                mp.setattr(torch_softmax, "CPU_CHUNK_BYTES", 80 * 500)
+                mp.setattr(torch_softmax, "CHUNK_BYTES", 80 * 500)
+                chunked = ss.sample_from_logits(x, **kwargs)
+            assert torch.equal(whole[0], chunked[0]), params
+            assert torch.allclose(whole[1], chunked[1], equal_nan=True, atol=1e-6), params

@@ -83,10 +83,13 @@ def uniform_per_sample(seed: torch.Tensor, row_id: torch.Tensor, offset: torch.T
     return word0.to(torch.float64) * 2.0**-32
 
 
-def _exponentials(seed: torch.Tensor, row_id: torch.Tensor, offset: torch.Tensor, cols: int) -> torch.Tensor:
-    """``(rows, cols)`` float32 Exp(1) draws for the race: one Philox call per four columns."""
+def _exponentials(
+    seed: torch.Tensor, row_id: torch.Tensor, offset: torch.Tensor, cols: int, start: int = 0
+) -> torch.Tensor:
+    """``(rows, cols)`` float32 Exp(1) draws of the race for columns ``start .. start + cols - 1``
+    (``start`` a multiple of 4): one Philox call per four columns."""
     c1, c2, c3 = (t[:, None] for t in _counters(row_id, offset))
-    c0 = torch.arange((cols + 3) // 4, device=seed.device, dtype=torch.int64)[None, :]
+    c0 = torch.arange(start // 4, (start + cols + 3) // 4, device=seed.device, dtype=torch.int64)[None, :]
     words = torch.stack(philox(seed[:, None], c0, c1, c2, c3), dim=-1).flatten(1)[:, :cols]
     return -torch.log(race_uniform(words))
 
@@ -140,35 +143,64 @@ def _ordered_key(x: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_order(
-    logits: torch.Tensor, m: torch.Tensor, top_k: torch.Tensor | None, top_k_max: int | None, num_samples: int
+    logits: torch.Tensor,
+    m: torch.Tensor,
+    top_k: torch.Tensor | None,
+    top_k_max: int | None,
+    num_samples: int,
+    step: int | None = None,
 ) -> torch.Tensor:
     """Greedy draws without replacement: per row the ``num_samples`` largest logits in decreasing
     order, lowest index first on ties; ``-1`` past the candidates.
 
     Candidates are the entries the shift rule keeps (in a row holding ``+inf``, its ``+inf``
     entries; else every entry ``> -inf``) and, where ``top_k`` is on, those ``>=`` the k-th largest.
-    ``m`` is the row maximum (rows, 1). NaN rows are the caller's to mark.
+    ``m`` is the row maximum (rows, 1). NaN rows are the caller's to mark. ``step``: columns per
+    chunk (the row in one piece when None); the chunks' winners are merged, with the same result.
     """
     rows, cols = logits.shape
     n = min(num_samples, cols)
-    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    cand = torch.where(m == float("inf"), x == float("inf"), x > -float("inf"))
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    spans = [(c0, min(c0 + (step or cols), cols)) for c0 in range(0, cols, step or cols)]
+
+    def values(c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = logits[:, c0:c1].to(acc)
+        return x, torch.where(m == float("inf"), x == float("inf"), x > -float("inf"))
+
+    kth = None
     if top_k is not None:
-        if top_k_max is not None:
-            ranked = torch.topk(x, min(top_k_max, cols), dim=1).values
+        if top_k_max is None:  # (only with the row in one piece)
+            ranked = torch.sort(logits.to(acc), dim=1, descending=True).values
         else:
-            ranked = torch.sort(x, dim=1, descending=True).values
+            k, best = min(top_k_max, cols), None
+            for c0, c1 in spans:
+                x, _ = values(c0, c1)
+                best = _merge_top(best, *torch.topk(x, min(k, c1 - c0), dim=1), k)
+            assert best is not None
+            ranked = best[0]
         kth = ranked.gather(1, (top_k.clamp(1, ranked.shape[1]) - 1)[:, None])
-        cand &= (top_k == 0)[:, None] | (x >= kth)
-    if x.dtype == torch.float64:  # no room for the index next to a 64-bit key: a stable sort
-        key = torch.where(cand, x, -float("inf"))
-        idx = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :n]
-    else:  # (value, -index) packed into one int64, so that topk's order is exact
-        cols_rev = (2**32 - 1) - torch.arange(cols, device=x.device, dtype=torch.int64)
-        key = torch.where(cand, _ordered_key(x) * 2**32 + cols_rev, -(2**63))
-        idx = torch.topk(key, n, dim=1).indices
-    count = cand.sum(dim=1, keepdim=True)
-    idx = torch.where(torch.arange(n, device=x.device)[None, :] < count, idx, -1)
+    count = torch.zeros((rows, 1), dtype=torch.int64, device=logits.device)
+    top: tuple[torch.Tensor, torch.Tensor] | None = None
+    for c0, c1 in spans:
+        x, cand = values(c0, c1)
+        if kth is not None:
+            assert top_k is not None
+            cand &= (top_k == 0)[:, None] | (x >= kth)
+        count += cand.sum(dim=1, keepdim=True)
+        cols_here = torch.arange(c0, c1, device=x.device, dtype=torch.int64)
+        if acc == torch.float64:  # no room for the index next to a 64-bit key: stable sorts
+            key = torch.where(cand, x, -float("inf"))
+            if top is not None:  # earlier columns first, so that ties keep the lower index
+                key, cols_here = torch.cat([top[0], key], dim=1), torch.cat([top[1], cols_here.expand(rows, -1)], dim=1)
+            key, order = torch.sort(key, dim=1, descending=True, stable=True)
+            top = key[:, :n], cols_here.expand(rows, -1).gather(1, order[:, :n])
+        else:  # (value, -index) packed into one int64: unique keys, so topk's order is exact
+            key = torch.where(cand, _ordered_key(x) * 2**32 + ((2**32 - 1) - cols_here), -(2**63))
+            vals, at = torch.topk(key, min(n, c1 - c0), dim=1)
+            top = _merge_top(top, vals, at + c0, n)
+    assert top is not None
+    idx = top[1]
+    idx = torch.where(torch.arange(n, device=logits.device)[None, :] < count, idx, -1)
     if n < num_samples:
         idx = torch.cat([idx, idx.new_full((rows, num_samples - n), -1)], dim=1)
     return idx
@@ -239,7 +271,18 @@ def sample_rows(
     optional) receives each token's log-probability under the filtered distribution.
     Nothing here synchronises with the device.
     """
-    for r in _row_chunks(logits):
+    rows, cols = logits.shape
+    col_step = _column_step(logits)
+    if col_step < cols and top_p is None and (top_k is None or top_k_max is not None):
+        for r in range(rows):  # rows too long for the budget: one row at a time, in column chunks
+            sl = slice(r, r + 1)
+            _sample_long_row(
+                logits[sl], temperature[sl], None if top_k is None else top_k[sl], None if min_p is None else min_p[sl],
+                seed[sl], row_id[sl], offset[sl], num_samples, replacement, tokens[sl],
+                None if logprobs is None else logprobs[sl], top_k_max, col_step,
+            )  # fmt: skip
+        return
+    for r in _row_chunks(logits):  # (top-p and per-row top_k without a bound sort whole rows)
         _sample_chunk(
             logits[r], temperature[r], None if top_k is None else top_k[r], None if top_p is None else top_p[r],
             None if min_p is None else min_p[r], seed[r], row_id[r], offset[r], num_samples, replacement,
@@ -268,17 +311,17 @@ def _sample_chunk(
     s = _shifted(logits, m, acc)
     greedy = temperature == 0
     z = s / torch.where(greedy, 1.0, temperature.to(acc))[:, None]
-    # -inf / inf is NaN: at T = inf, -inf entries stay -inf (no other entry is NaN outside NaN rows)
-    z = torch.nan_to_num_(z, nan=-float("inf"), posinf=float("inf"), neginf=-float("inf"))
-    e = torch.exp(z)
+    e = torch.exp(z)  # (a NaN z, from -inf / inf at T = inf, gives e = NaN: not kept, never drawn)
     keep = e > 0
     if top_k is not None:
+        # -inf / inf is NaN, which topk and sort rank first: rank the -inf entries of T = inf rows last
+        zr = torch.nan_to_num(z, nan=-float("inf"), posinf=float("inf"), neginf=-float("inf"))
         if top_k_max is not None:
-            ranked = torch.topk(z, min(top_k_max, cols), dim=1).values
+            ranked = torch.topk(zr, min(top_k_max, cols), dim=1).values
         else:
-            ranked = torch.sort(z, dim=1, descending=True).values
+            ranked = torch.sort(zr, dim=1, descending=True).values
         kth = ranked.gather(1, (top_k.clamp(1, ranked.shape[1]) - 1)[:, None])
-        keep &= (top_k == 0)[:, None] | (z >= kth)
+        keep &= (top_k == 0)[:, None] | (zr >= kth)
     if top_p is not None:
         floor = _top_p_floor(z, torch.where(keep, e, 0), top_p)
         keep &= (top_p >= 1)[:, None] | (z >= floor)
@@ -289,6 +332,8 @@ def _sample_chunk(
     drawn = _draw(w, z, ~has_nan, seed, row_id, offset, num_samples, replacement)
     if replacement:
         argmax = logits.argmax(dim=1, keepdim=True).expand(rows, num_samples)
+    elif logits.device.type == "cpu" and not bool(greedy.any()):  # (no device to sync with on the CPU)
+        argmax = drawn  # no greedy row here: skip the ordering
     else:  # greedy rows without replacement: the n largest, in order
         argmax = greedy_order(logits, m, top_k, top_k_max, num_samples)
     greedy_ok = (greedy & ~has_nan & (m[:, 0] > -float("inf")))[:, None]
@@ -298,4 +343,125 @@ def _sample_chunk(
         total = w.to(torch.float64).sum(dim=1, keepdim=True)
         picked = z.gather(1, chosen.clamp_min(0)).to(torch.float64) - torch.log(total)
         picked = torch.where(greedy[:, None], 0.0, picked)
+        logprobs.copy_(torch.where(chosen >= 0, picked, float("nan")))
+
+
+def _column_step(x: torch.Tensor) -> int:
+    """Columns per chunk of a long row: the softmax's column chunk for the accumulation dtype (so a
+    row that softmax takes whole is sampled whole too), a multiple of 4 so that chunks start on a
+    Philox counter. Rows up to this long keep the one-piece path (:func:`_row_chunks`)."""
+    itemsize = 8 if x.dtype == torch.float64 else 4
+    return max(chunks(1, x.shape[1], itemsize, x.device)[1] // 4 * 4, 4)
+
+
+def _merge_top(
+    best: tuple[torch.Tensor, torch.Tensor] | None, vals: torch.Tensor, idx: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` largest of ``best`` and (``vals``, ``idx``), values in decreasing order."""
+    if best is not None:
+        vals, idx = torch.cat([best[0], vals], dim=1), torch.cat([best[1], idx], dim=1)
+    top, at = torch.topk(vals, min(n, vals.shape[1]), dim=1)
+    return top, idx.gather(1, at)
+
+
+def _sample_long_row(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor | None,
+    min_p: torch.Tensor | None,
+    seed: torch.Tensor,
+    row_id: torch.Tensor,
+    offset: torch.Tensor,
+    num_samples: int,
+    replacement: bool,
+    tokens: torch.Tensor,
+    logprobs: torch.Tensor | None,
+    top_k_max: int | None,
+    step: int,
+) -> None:
+    """:func:`_sample_chunk` for one row (1, V) in column chunks of ``step``: the same weights, the
+    same float64 prefix sums (a sequential scan carried across chunks) and race keys, so the same
+    tokens; the temporaries stay within the chunk budget (top-p needs the whole row and is not here)."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    cols = logits.shape[1]
+    spans = [(c0, min(c0 + step, cols)) for c0 in range(0, cols, step)]
+    m = _row_max(logits, step, acc)
+    greedy = temperature == 0
+    tdiv = torch.where(greedy, 1.0, temperature.to(acc))[:, None]
+
+    def z_of(c0: int, c1: int) -> torch.Tensor:
+        z = _shifted(logits[:, c0:c1], m, acc) / tdiv
+        return torch.nan_to_num_(z, nan=-float("inf"), posinf=float("inf"), neginf=-float("inf"))
+
+    kth = None
+    if top_k is not None:
+        assert top_k_max is not None
+        k = min(top_k_max, cols)
+        ranked = None
+        for c0, c1 in spans:
+            z = z_of(c0, c1)
+            ranked = _merge_top(ranked, *torch.topk(z, min(k, c1 - c0), dim=1), k)
+        assert ranked is not None
+        kth = ranked[0].gather(1, (top_k.clamp(1, ranked[0].shape[1]) - 1)[:, None])
+
+    def weights(c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = z_of(c0, c1)
+        e = torch.exp(z)
+        keep = e > 0
+        if kth is not None:
+            assert top_k is not None
+            keep &= (top_k == 0)[:, None] | (z >= kth)
+        if min_p is not None:
+            keep &= e >= min_p[:, None].to(acc)
+        return z, torch.where(keep, e, 0)
+
+    has_nan = torch.isnan(m[:, 0])
+    total = torch.zeros((1, 1), dtype=torch.float64, device=logits.device)
+    if replacement:
+        last = torch.full((1, 1), -1, dtype=torch.int64, device=logits.device)
+        starts = torch.empty((1, len(spans)), dtype=torch.float64, device=logits.device)
+        for i, (c0, c1) in enumerate(spans):  # the row's float64 prefix sum, chunk by chunk: where each chunk starts
+            _, w = weights(c0, c1)
+            starts[:, i : i + 1] = total
+            total = torch.cumsum(torch.cat([total, w.to(torch.float64)], dim=1), dim=1)[:, -1:].clone()  # not a view
+            cols_here = torch.arange(c0, c1, device=w.device)
+            last = torch.maximum(last, torch.where(w > 0, cols_here, -1).amax(dim=1, keepdim=True))
+        target = uniform_per_sample(seed, row_id, offset, num_samples) * total
+        idx = torch.full_like(target, cols, dtype=torch.int64)
+        for i, (c0, c1) in enumerate(spans):
+            _, w = weights(c0, c1)
+            cdf = torch.cumsum(torch.cat([starts[:, i : i + 1], w.to(torch.float64)], dim=1), dim=1)[:, 1:]
+            local = torch.searchsorted(cdf, target, right=True)
+            idx = torch.where((idx == cols) & (local < c1 - c0), c0 + local, idx)
+        idx = torch.minimum(idx, last)
+        available = (last >= 0).expand(1, num_samples)
+    else:
+        n = min(num_samples, cols)
+        best, count = None, torch.zeros((1, 1), dtype=torch.int64, device=logits.device)
+        for c0, c1 in spans:
+            z, w = weights(c0, c1)
+            positive = w > 0
+            key = torch.where(positive, z - torch.log(_exponentials(seed, row_id, offset, c1 - c0, c0)), -float("inf"))
+            top, at = torch.topk(key, min(n, c1 - c0), dim=1)
+            best = _merge_top(best, top, at + c0, n)
+            count += positive.sum(dim=1, keepdim=True)
+            total += w.to(torch.float64).sum(dim=1, keepdim=True)
+        assert best is not None
+        idx = best[1]
+        if n < num_samples:
+            idx = torch.cat([idx, idx.new_full((1, num_samples - n), -1)], dim=1)
+        available = torch.arange(num_samples, device=logits.device)[None, :] < count
+    drawn = torch.where(available & ~has_nan[:, None], idx, -1)
+    if replacement:
+        argmax = logits.argmax(dim=1, keepdim=True).expand(1, num_samples)
+    elif logits.device.type == "cpu" and not bool(greedy.any()):
+        argmax = drawn
+    else:
+        argmax = greedy_order(logits, m, top_k, top_k_max, num_samples, step)
+    greedy_ok = (greedy & ~has_nan & (m[:, 0] > -float("inf")))[:, None]
+    chosen = torch.where(greedy[:, None], torch.where(greedy_ok, argmax, -1), drawn)
+    tokens.copy_(chosen)
+    if logprobs is not None:  # (total: the prefix sum's end with replacement, else a chunked sum)
+        z = _shifted(logits.gather(1, chosen.clamp_min(0)), m, acc) / tdiv
+        picked = torch.where(greedy[:, None], 0.0, z.to(torch.float64) - torch.log(total))
         logprobs.copy_(torch.where(chosen >= 0, picked, float("nan")))
