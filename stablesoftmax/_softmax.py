@@ -105,6 +105,7 @@ def _forward(input: torch.Tensor, dim: int, out_dtype: torch.dtype, log: bool) -
 
 
 def _backward(y: torch.Tensor, grad: torch.Tensor, dim: int, grad_dtype: torch.dtype, log: bool) -> torch.Tensor:
+    dim %= max(y.ndim, 1)  # the backward op takes torch's dims (``_softmax_backward_data(..., dim=-1)``)
     kernels = kernels_for(y)
     out = torch.empty(y.shape, dtype=grad_dtype, device=y.device)  # contiguous, as torch's gradient
     if getattr(kernels, "STRIDED", False):

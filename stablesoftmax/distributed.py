@@ -57,6 +57,7 @@ from ._sampling import (
     _draw_with_replacement,
     _per_row,
     _random_stream,
+    _rows_word,
 )
 from .backends.torch_sampling import _counters, philox, race_uniform, uniform_per_sample
 from .backends.torch_softmax import _ones_and_rest, _shifted, _total
@@ -400,6 +401,39 @@ def _draw_race_global(
     return torch.where(available, chosen, -1)
 
 
+def _greedy_top_n(
+    comm: _Comm,
+    x: torch.Tensor,
+    layout: _Layout,
+    m: torch.Tensor,
+    k_tensor: torch.Tensor | None,
+    k_max: int | None,
+    n: int,
+) -> torch.Tensor:
+    """Greedy without replacement (``_sampling``'s rule): the ``n`` largest logits in decreasing order, lowest
+    global index first on ties, among the entries the shift rule keeps (a row holding ``+inf``: those) and,
+    with top-k, those ``>=`` the k-th largest; ``-1`` past the candidates. Each rank's ``n`` best are gathered."""
+    rows, cols = x.shape
+    s = _shifted(x, m, m.dtype)
+    candidate = s > _NEG_INF
+    if k_tensor is not None:
+        candidate &= _top_k_keep(comm, s, k_tensor, k_max)
+    ranked = torch.sort(torch.where(candidate, s, _NEG_INF), dim=1, descending=True, stable=True)
+    local = min(n, cols)
+    values = ranked.values[:, :local].to(torch.float64)
+    ids = (ranked.indices[:, :local] + layout.col0).to(torch.float64)
+    if local < n:
+        values = torch.cat([values, values.new_full((rows, n - local), _NEG_INF)], dim=1)
+        ids = torch.cat([ids, ids.new_full((rows, n - local), -1.0)], dim=1)
+    table = comm.all_gather(torch.cat([values, ids], dim=1))  # (world, rows, 2n), ranks in column order
+    all_values = table[:, :, :n].permute(1, 0, 2).reshape(rows, -1)
+    all_ids = table[:, :, n:].permute(1, 0, 2).reshape(rows, -1)
+    # a stable sort keeps ties in gathered order, which is increasing global index
+    best = torch.sort(all_values, dim=1, descending=True, stable=True).indices[:, :n]
+    chosen = all_ids.gather(1, best).to(torch.int64)
+    return torch.where(all_values.gather(1, best) > _NEG_INF, chosen, -1)
+
+
 def _top_k_keep(comm: _Comm, z: torch.Tensor, top_k: torch.Tensor, k_max: int | None) -> torch.Tensor:
     """Entries ``>=`` the global k-th largest ``z`` (``top_k`` 0 is off)."""
     rows, cols = z.shape
@@ -429,7 +463,8 @@ def _bad_row_error(
     shown = ", ".join(str(r) for r in shown_rows) + (", ..." if len(bad_rows) > _SHOWN_ROWS else "")
     details = "; ".join(f"row {r}: {c[0]} NaN, {c[1]} +inf, {c[2]} -inf of {vocab}" for r, c in zip(shown_rows, counts))
     return StableSoftmaxError(
-        f"sample_from_logits(): {len(bad_rows)} of {x.shape[0]} rows {why} (rows {shown}). {details}. {hint}"
+        f"sample_from_logits(): {len(bad_rows)} of {x.shape[0]} rows {why} ({_rows_word(bad_rows)} {shown}). "
+        f"{details}. {hint}"
     )
 
 
@@ -604,7 +639,10 @@ def sample_from_logits(
     greedy = temp == 0
     has_nan = torch.isnan(m[:, 0])
     greedy_ok = (greedy & ~has_nan & (m[:, 0] > _NEG_INF))[:, None]
-    greedy_tokens = torch.where(greedy_ok, argmax[:, None], -1).expand(rows, num_samples)
+    if replacement or num_samples == 1 or not (all_greedy or isinstance(temperature, torch.Tensor)):
+        greedy_tokens = torch.where(greedy_ok, argmax[:, None], -1).expand(rows, num_samples)
+    else:
+        greedy_tokens = torch.where(greedy_ok, _greedy_top_n(comm, x, layout, m, k_tensor, k_max, num_samples), -1)
     logprobs = None
     if all_greedy:  # a scalar temperature 0: nothing else to compute or communicate
         chosen = greedy_tokens.contiguous()
