@@ -126,3 +126,22 @@ def test_huge_finite_weights_are_valid(backend):
     tokens = ss.multinomial(p.to(DEVICE), 500, replacement=True)
     assert not (tokens == 1234).any()
     assert tokens.unique().numel() > 300
+
+
+@pytest.mark.slow
+def test_ten_million_draws_never_pick_a_zero_beside_subnormals(backend):
+    """10**7 draws (10**5 interpreted) from float16 rows of exact zeros between subnormal and tiny weights."""
+    cols = 1024
+    gen = torch.Generator().manual_seed(5)
+    subnormal = torch.randint(1, 1024, (2, cols), generator=gen).to(torch.float64) * 2.0**-24  # every float16 subnormal
+    p = torch.where(torch.arange(cols) % 2 == 1, subnormal, 0.0)
+    p[1, 1::64] = 1e-3  # a few normal weights among them
+    p = p.to(torch.float16).to(DEVICE)
+    assert (p[:, 1::2] > 0).all() and (p[:, ::2] == 0).all()
+    draws = 100_000 if INTERPRETED and backend == "triton" else 5_000_000
+    tokens = ss.multinomial(p, draws, replacement=True)  # 2 rows: 10**7 draws
+    assert (tokens % 2 == 1).all(), "a zero-probability entry was drawn"
+    single = ss.multinomial(p.repeat(1000, 1), 1)
+    assert (single % 2 == 1).all()
+    every = ss.multinomial(p.repeat(50, 1), cols // 2, replacement=False)  # every non-zero entry, none else
+    assert (every.sort(dim=1).values == torch.arange(1, cols, 2, device=every.device)).all()
