@@ -255,6 +255,49 @@ def _check_range(value: RowParam, name: str, low: float, high: float, low_open: 
         raise StableSoftmaxError(f"{name} must lie in {bracket}{low}, {high}], got {shown}")
 
 
+def _filter_params(
+    temperature: RowParam,
+    top_k: RowParam | None,
+    top_p: RowParam | None,
+    min_p: RowParam | None,
+    rows: int,
+    batch: tuple[int, ...],
+    device: torch.device,
+    vocab: int | None,
+    validate: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, int | None, torch.Tensor | None, torch.Tensor | None]:
+    """Checked per-row ``temperature`` (float32), ``top_k`` (int64; with ``k_max``, a bound known on the host),
+    ``top_p`` and ``min_p`` (float32), in the SPEC's order; ``None`` where a filter is off. A ``top_k`` of 0 or
+    ``>= vocab`` is off (``vocab`` None: not known here, only 0 is). Shared by :func:`sample_from_logits` and
+    :mod:`stablesoftmax.distributed`.
+    """
+    _check_range(temperature, "temperature", 0.0, math.inf, False, validate)
+    temp = _per_row(temperature, rows, batch, device, torch.float32, "temperature")
+    if isinstance(temperature, torch.Tensor):  # unchecked bad values: a -1 row, not a wrong answer
+        temp = torch.where(temp >= 0, temp, math.nan)
+    k_tensor = p_tensor = minp_tensor = None
+    k_max = None  # a bound on top_k known on the host: topk instead of a full sort
+    if isinstance(top_k, torch.Tensor):
+        _check_range(top_k, "top_k", 0, math.inf, False, validate)
+        k_tensor = _per_row(top_k, rows, batch, device, torch.int64, "top_k")
+        on = (k_tensor > 0) & (k_tensor < vocab) if vocab is not None else k_tensor > 0
+        k_tensor = torch.where(on, k_tensor, 0)
+    elif top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise StableSoftmaxError(f"top_k must be a non-negative int or an int tensor, got {top_k!r}")
+        if top_k > 0 and (vocab is None or top_k < vocab):
+            k_tensor, k_max = torch.full((rows,), top_k, dtype=torch.int64, device=device), top_k
+    if top_p is not None:
+        _check_range(top_p, "top_p", 0.0, 1.0, True, validate)
+        if isinstance(top_p, torch.Tensor) or top_p < 1:
+            p_tensor = _per_row(top_p, rows, batch, device, torch.float32, "top_p")
+    if min_p is not None:
+        _check_range(min_p, "min_p", 0.0, 1.0, False, validate)
+        if isinstance(min_p, torch.Tensor) or min_p > 0:
+            minp_tensor = _per_row(min_p, rows, batch, device, torch.float32, "min_p")
+    return temp, k_tensor, k_max, p_tensor, minp_tensor
+
+
 @overload
 def sample_from_logits(
     logits: torch.Tensor,
@@ -411,26 +454,9 @@ def sample_from_logits(
     if x.stride(1) != 1:
         x = x.contiguous()
 
-    _check_range(temperature, "temperature", 0.0, math.inf, False, validate)
-    temp = _per_row(temperature, rows, batch, device, torch.float32, "temperature")
-    if isinstance(temperature, torch.Tensor):  # unchecked bad values: a -1 row, not a wrong answer
-        temp = torch.where(temp >= 0, temp, math.nan)
-    k_tensor = p_tensor = minp_tensor = None
-    k_max = None  # a bound on top_k known on the host: topk instead of a full sort
-    if isinstance(top_k, torch.Tensor):
-        _check_range(top_k, "top_k", 0, math.inf, False, validate)
-        k_tensor = _per_row(top_k, rows, batch, device, torch.int64, "top_k")
-        k_tensor = torch.where((k_tensor > 0) & (k_tensor < vocab), k_tensor, 0)
-    elif top_k is not None and 0 < top_k < vocab:
-        k_tensor, k_max = torch.full((rows,), top_k, dtype=torch.int64, device=device), top_k
-    if top_p is not None:
-        _check_range(top_p, "top_p", 0.0, 1.0, True, validate)
-        if isinstance(top_p, torch.Tensor) or top_p < 1:
-            p_tensor = _per_row(top_p, rows, batch, device, torch.float32, "top_p")
-    if min_p is not None:
-        _check_range(min_p, "min_p", 0.0, 1.0, False, validate)
-        if isinstance(min_p, torch.Tensor) or min_p > 0:
-            minp_tensor = _per_row(min_p, rows, batch, device, torch.float32, "min_p")
+    temp, k_tensor, k_max, p_tensor, minp_tensor = _filter_params(
+        temperature, top_k, top_p, min_p, rows, batch, device, vocab, validate
+    )
     keys, row_ids, offsets = _random_stream(seed, offset, generator, rows, batch, device)
 
     tokens = torch.empty((rows, num_samples), dtype=torch.int64, device=device)

@@ -52,10 +52,9 @@ from ._sampling import (
     _SHOWN_ROWS,
     RowParam,
     _check_num_samples,
-    _check_range,
     _check_tensor,
     _draw_with_replacement,
-    _per_row,
+    _filter_params,
     _random_stream,
     _rows_word,
 )
@@ -592,29 +591,9 @@ def sample_from_logits(
         x, batch, rows = _rows_of(local_logits, op)
         _check_num_samples(num_samples, op)
         device = x.device
-        _check_range(temperature, "temperature", 0.0, math.inf, False, validate)
-        temp = _per_row(temperature, rows, batch, device, torch.float32, "temperature")
-        if isinstance(temperature, torch.Tensor):
-            temp = torch.where(temp >= 0, temp, math.nan)
-        k_tensor = p_tensor = minp_tensor = None
-        k_max = None
-        if isinstance(top_k, torch.Tensor):
-            _check_range(top_k, "top_k", 0, math.inf, False, validate)
-            k_tensor = _per_row(top_k, rows, batch, device, torch.int64, "top_k")
-            k_tensor = torch.where(k_tensor > 0, k_tensor, 0)
-        elif top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-                raise StableSoftmaxError(f"top_k must be a non-negative int or an int tensor, got {top_k!r}")
-            if top_k > 0:
-                k_tensor, k_max = torch.full((rows,), top_k, dtype=torch.int64, device=device), top_k
-        if top_p is not None:
-            _check_range(top_p, "top_p", 0.0, 1.0, True, validate)
-            if isinstance(top_p, torch.Tensor) or top_p < 1:
-                p_tensor = _per_row(top_p, rows, batch, device, torch.float32, "top_p")
-        if min_p is not None:
-            _check_range(min_p, "min_p", 0.0, 1.0, False, validate)
-            if isinstance(min_p, torch.Tensor) or min_p > 0:
-                minp_tensor = _per_row(min_p, rows, batch, device, torch.float32, "min_p")
+        temp, k_tensor, k_max, p_tensor, minp_tensor = _filter_params(
+            temperature, top_k, top_p, min_p, rows, batch, device, None, validate
+        )
         keys, row_ids, offsets = _random_stream(seed, offset, None, rows, batch, device)
     except (StableSoftmaxError, TypeError) as exc:
         error = exc
