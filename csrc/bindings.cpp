@@ -120,6 +120,15 @@ py::dict cpu_features() {
   return d;
 }
 
+// The ISAs this build can run on this CPU, best first ('scalar' always last).
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  const ssm::CpuFeatures f = ssm::cpu_features();
+  if (f.avx2 && f.fma && f.f16c && ssm::avx2::forward_kernels(ssm::kF32, ssm::kF32) != nullptr) out.push_back("avx2");
+  out.push_back("scalar");
+  return out;
+}
+
 void set_isa(const std::string& name) {
   try {
     ssm::set_isa(name);
@@ -203,6 +212,7 @@ PYBIND11_MODULE(_C, m) {
         "softmax y*(g - sum(g*y)); log_softmax g - exp(y)*sum(g).");
   m.def("pool_workers", &ssm::pool_workers, "Worker threads the extension's thread pool holds now (for tests).");
   m.def("cpu_features", &cpu_features, "{'avx2', 'fma', 'f16c': bool, 'isa': the kernel path in use}");
+  m.def("supported_isas", &supported_isas, "The ISAs this build can run on this CPU, best first ('scalar' last).");
   m.def("set_isa", &set_isa, py::arg("name"), "'auto' | 'avx2' | 'scalar' (for testing both paths)");
   m.def("sample_rows", &sample_rows, py::arg("x_ptr"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
         py::arg("dtype"), py::arg("temperature_ptr"), py::arg("top_k_ptr"), py::arg("top_p_ptr"), py::arg("min_p_ptr"),
