@@ -694,6 +694,14 @@ template <class T> float top_p_cut(const T* x, i64 V, const LogitW& w, float top
 
 // ---------------------------------------------------------------- per-row driver
 
+// parallel_for whose tasks leave the ISA's register state clean for the pool's other work (leave_isa()).
+template <class F> void isa_parallel_for(int nt, i64 n, F&& f) {
+  parallel_for(nt, n, [&](i64 i) {
+    const LeaveIsa leave;
+    f(i);
+  });
+}
+
 // A temperature the fast paths handle: finite, > 0, and with a finite float reciprocal (the block
 // sums scale by 1/T; a subnormal T below 2^-128 would make it inf, and 0 * inf = NaN at the max).
 // Every other T > 0 (tiny or infinite) takes the generic path, which divides.
@@ -908,7 +916,7 @@ template <class T> void run(const SampleArgs& a) {
     chunks = std::min<i64>((2 * nt + rows - 1) / rows, V / 16384);
   }
   if (chunks <= 1) {
-    parallel_for(nt, rows, [&](i64 r) {
+    isa_parallel_for(nt, rows, [&](i64 r) {
       if (a.probs) return probs_row<T>(a, r, nullptr);
       float m = 0;
       bool nan = false;
@@ -944,7 +952,7 @@ template <class T> void run(const SampleArgs& a) {
   std::vector<float> bmax(std::size_t(rows * nb), -kInf);
   std::vector<char> plain(std::size_t(rows), 0);
   for (i64 r = 0; r < rows; ++r) plain[std::size_t(r)] = !a.probs && plain_params(a, r);
-  parallel_for(nt, rows * chunks, [&](i64 t) {
+  isa_parallel_for(nt, rows * chunks, [&](i64 t) {
     const i64 r = t / chunks, c0 = (t % chunks) * csize, c1 = std::min(V, c0 + csize);
     bool nan = false;
     if (a.probs) {
@@ -967,7 +975,7 @@ template <class T> void run(const SampleArgs& a) {
     if (plain[std::size_t(r)]) m[std::size_t(r)] = rescale_block_sums(nb, a.temperature[r], bmax.data() + r * nb, bs.data() + r * nb);
     fast[std::size_t(r)] = a.probs ? 1 : plain_fast(a, r, m[std::size_t(r)], nan[std::size_t(r)]);
   }
-  parallel_for(nt, rows, [&](i64 r) {
+  isa_parallel_for(nt, rows, [&](i64 r) {
     const double* b = fast[std::size_t(r)] ? bs.data() + r * nb : nullptr;
     if (a.probs) probs_row<T>(a, r, b);
     else logits_row<T>(a, r, m[std::size_t(r)], nan[std::size_t(r)], b);
@@ -976,6 +984,7 @@ template <class T> void run(const SampleArgs& a) {
 
 // One sample_rows / sample_probs call (arguments validated by the bindings).
 void sample_kernel(const SampleArgs& a) {
+  const LeaveIsa leave;
   if (a.rows == 0 || a.num_samples == 0) return;
   if (a.cols == 0) {
     for (i64 r = 0; r < a.rows; ++r) row_out(a, r).fill_bad();

@@ -9,6 +9,11 @@ namespace {
 
 constexpr int L = kLanes;
 
+// Every kernel entry point holds one: its callers are compiled for the baseline ISA (see leave_isa()).
+struct LeaveIsa {
+  ~LeaveIsa() { leave_isa(); }
+};
+
 // exp for values written to (or staged for) an output of type Out: bfloat16 outputs keep exp_exact,
 // whose subnormal results they can represent; the others take exp_ftz (vec_math.h).
 template <class Out> inline VF exp_for(VF x) {
@@ -87,6 +92,7 @@ template <class In> double max_k(const In* x, std::int64_t n) {
 // Block statistics (softmax.h: BlockStat). Each block is read from memory once for its max and again
 // from L1 for its exponentials, E = exp_for<Out> both here and in write_exp_k.
 template <class In, class Out> void stats_k(const void* xv, std::int64_t n, float* stage, BlockStat* st, bool log) {
+  const LeaveIsa leave;
   const In* x = static_cast<const In*>(xv);
   for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kBlock, ++j) {
     const std::int64_t len = std::min(kBlock, n - b0);
@@ -134,6 +140,7 @@ template <class In, class Out> void stats_k(const void* xv, std::int64_t n, floa
 
 template <class In, class Out>
 void write_exp_k(const void* xv, const float* stage, std::int64_t n, const double* shift, const double* f, void* ov) {
+  const LeaveIsa leave;
   const In* x = static_cast<const In*>(xv);
   Out* out = static_cast<Out*>(ov);
   for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kBlock, ++j) {
@@ -149,6 +156,7 @@ void write_exp_k(const void* xv, const float* stage, std::int64_t n, const doubl
 }
 
 template <class In, class Out> void write_log_k(const void* x, std::int64_t n, double c, double k, void* out) {
+  const LeaveIsa leave;
   const VF vc = vset(float(c)), vk = vset(float(k));
   map_lanes(n, static_cast<Out*>(out), [=](VF v) { return sub(sub(v, vc), vk); }, static_cast<const In*>(x));
 }
@@ -174,6 +182,7 @@ inline void add_lanes(double* acc, VF v) {
 
 template <class In, class Out>
 bool columns_k(const void* xv, std::int64_t xs, std::int64_t n, std::int64_t w64, void* ov, std::int64_t os, bool log) {
+  const LeaveIsa leave;
   const In* x = static_cast<const In*>(xv);
   Out* out = static_cast<Out*>(ov);
   const int w = int(w64), nv = (w + L - 1) / L;
@@ -241,6 +250,7 @@ template <class In, class Out> const ForwardKernels* forward_table() {
 
 // ---- backward ----
 template <class Y, class G, bool Log> void reduce_k(const void* y, const void* g, std::int64_t n, double* block_sums) {
+  const LeaveIsa leave;
   const Y* yp = static_cast<const Y*>(y);
   const G* gp = static_cast<const G*>(g);
   for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kBlock, ++j) {
@@ -255,6 +265,7 @@ template <bool Log> inline VF bwd_value(VF yv, VF gv, VF vd) {
 }
 
 template <class Y, class G, class O, bool Log> void bwd_write_k(const void* y, const void* g, std::int64_t n, double d, void* out) {
+  const LeaveIsa leave;
   const VF vd = vset(float(d));
   map_lanes(n, static_cast<O*>(out), [vd](VF yv, VF gv) { return bwd_value<Log>(yv, gv, vd); }, static_cast<const Y*>(y),
             static_cast<const G*>(g));
@@ -263,6 +274,7 @@ template <class Y, class G, class O, bool Log> void bwd_write_k(const void* y, c
 template <class Y, class G, class O, bool Log>
 void bwd_columns_k(const void* yv, std::int64_t ys, const void* gv, std::int64_t gs, std::int64_t n, std::int64_t w64, void* ov,
                    std::int64_t os) {
+  const LeaveIsa leave;
   const Y* y = static_cast<const Y*>(yv);
   const G* g = static_cast<const G*>(gv);
   O* out = static_cast<O*>(ov);

@@ -26,6 +26,7 @@
 //   mul_hilo(a, m, hi, lo)          the 64-bit products a_i * m (unsigned) split into high and low words
 //   iota(base)                      lanes base + i (unsigned, wrapping)
 //   store_u32(p, v)                 kLanes uint32 to p
+//   leave_isa()                     restores the register state other code expects when a kernel returns
 #pragma once
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -140,6 +141,8 @@ inline VI iota(std::uint32_t base) {
   return _mm256_add_epi32(_mm256_set1_epi32(std::int32_t(base)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 inline void store_u32(std::uint32_t* p, VI v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+// Called when a kernel returns to code of another ISA (vec_avx512.h needs it; nothing to do here).
+inline void leave_isa() {}
 
 }  // namespace avx2
 }  // namespace ssm

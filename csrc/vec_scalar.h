@@ -98,6 +98,8 @@ inline void mul_hilo(VI a, std::uint32_t m, VI& hi, VI& lo) {
 }
 inline VI iota(std::uint32_t base) { VI r; SSM_LANES r.v[l] = base + std::uint32_t(l); return r; }
 inline void store_u32(std::uint32_t* p, VI v) { std::memcpy(p, v.v, sizeof v.v); }
+// Called when a kernel returns to code of another ISA (vec_avx512.h needs it; nothing to do here).
+inline void leave_isa() {}
 
 #undef SSM_LANES
 
