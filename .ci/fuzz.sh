@@ -8,15 +8,18 @@ command -v clang++ >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 out=build/fuzz
 mkdir -p "$out"
 san="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-flags="-std=c++17 -O1 -g -pthread -DSSM_HAVE_AVX2_TU=1 $san"
-simd=""
-case "$(uname -m)" in x86_64|amd64) simd="-mavx2 -mfma -mf16c" ;; esac
+flags="-std=c++17 -O1 -g -pthread $san"
+# Every kernel source but the Python bindings, each ISA's file with its flags (as CMakeLists.txt).
 objs=()
-for src in csrc/softmax.cpp csrc/sampling.cpp; do
-  clang++ $flags -c "$src" -o "$out/$(basename "$src" .cpp).o" & objs+=("$out/$(basename "$src" .cpp).o")
-done
-for src in csrc/softmax_avx2.cpp csrc/sampling_avx2.cpp; do
-  clang++ $flags $simd -c "$src" -o "$out/$(basename "$src" .cpp).o" & objs+=("$out/$(basename "$src" .cpp).o")
+for src in csrc/*.cpp; do
+  name=$(basename "$src" .cpp)
+  [ "$name" = bindings ] && continue
+  isa_flags=""
+  case "$(uname -m):$name" in
+    x86_64:isa_avx2) isa_flags="-mavx2 -mfma -mf16c" ;;
+    x86_64:isa_avx512) isa_flags="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c" ;;
+  esac
+  clang++ $flags $isa_flags -c "$src" -o "$out/$name.o" & objs+=("$out/$name.o")
 done
 wait
 clang++ $flags tests/native/fuzz_kernels.cpp "${objs[@]}" -o "$out/fuzz_kernels"

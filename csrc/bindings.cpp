@@ -116,17 +116,18 @@ py::dict cpu_features() {
   d["avx2"] = f.avx2;
   d["fma"] = f.fma;
   d["f16c"] = f.f16c;
+  d["avx512f"] = f.avx512f;
+  d["avx512bw"] = f.avx512bw;
+  d["avx512vl"] = f.avx512vl;
+  d["avx512dq"] = f.avx512dq;
+  d["avx512fp16"] = f.avx512fp16;
+  d["avx512bf16"] = f.avx512bf16;
+  d["os_avx512"] = f.os_avx512;
+  d["neon"] = f.neon;
   d["isa"] = std::string(ssm::current_isa());
+  d["isa_reason"] = ssm::isa_reason();
+  d["supported_isas"] = ssm::supported_isas();
   return d;
-}
-
-// The ISAs this build can run on this CPU, best first ('scalar' always last).
-std::vector<std::string> supported_isas() {
-  std::vector<std::string> out;
-  const ssm::CpuFeatures f = ssm::cpu_features();
-  if (f.avx2 && f.fma && f.f16c && ssm::avx2::forward_kernels(ssm::kF32, ssm::kF32) != nullptr) out.push_back("avx2");
-  out.push_back("scalar");
-  return out;
 }
 
 void set_isa(const std::string& name) {
@@ -211,9 +212,10 @@ PYBIND11_MODULE(_C, m) {
         "Input gradient from the forward output y and upstream grad along `dim` (strided, as softmax_forward): "
         "softmax y*(g - sum(g*y)); log_softmax g - exp(y)*sum(g).");
   m.def("pool_workers", &ssm::pool_workers, "Worker threads the extension's thread pool holds now (for tests).");
-  m.def("cpu_features", &cpu_features, "{'avx2', 'fma', 'f16c': bool, 'isa': the kernel path in use}");
-  m.def("supported_isas", &supported_isas, "The ISAs this build can run on this CPU, best first ('scalar' last).");
-  m.def("set_isa", &set_isa, py::arg("name"), "'auto' | 'avx2' | 'scalar' (for testing both paths)");
+  m.def("cpu_features", &cpu_features, "CPU features (bool), 'isa' (in use), 'isa_reason' (why), 'supported_isas'");
+  m.def("current_isa", [] { return std::string(ssm::current_isa()); }, "The ISA whose kernels run now.");
+  m.def("supported_isas", &ssm::supported_isas, "The ISAs this build can run on this CPU, best first ('scalar' last).");
+  m.def("set_isa", &set_isa, py::arg("name"), "'auto' (STABLESOFTMAX_CPU_ISA, else the best) or one of supported_isas()");
   m.def("sample_rows", &sample_rows, py::arg("x_ptr"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"),
         py::arg("dtype"), py::arg("temperature_ptr"), py::arg("top_k_ptr"), py::arg("top_p_ptr"), py::arg("min_p_ptr"),
         py::arg("seed_ptr"), py::arg("row_id_ptr"), py::arg("offset_ptr"), py::arg("num_samples"),

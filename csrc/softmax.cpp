@@ -1,4 +1,6 @@
-// Portable scalar kernels, ISA dispatch, non-finite row handling and the threaded row drivers.
+// The float64-accumulated kernels, non-finite row handling and the threaded row drivers (layouts, splits,
+// scratch); the float32-accumulated row kernels are the active ISA's (isa.h).
+#include "isa.h"
 #include "softmax.h"
 
 #include <algorithm>
@@ -15,22 +17,14 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#include <cpuid.h>
-#define SSM_GNU_CPUID 1
-#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
-#include <immintrin.h>
-#include <intrin.h>
-#define SSM_MSVC_CPUID 1
-#endif
 
 namespace ssm {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// ======================= portable scalar kernels =======================
-namespace scalar {
+// ======================= float64-accumulated kernels (portable) =======================
+namespace wide {
 namespace {
 
 template <class P> using Pointee = std::remove_pointer_t<P>;
@@ -123,99 +117,41 @@ template <class Y, class G, class O, class Acc> const BackwardKernels* backward_
 
 const ForwardKernels* forward_kernels(int in_dtype, int out_dtype) {
   const ForwardKernels* r = nullptr;
-  const bool wide = in_dtype == kF64 || out_dtype == kF64;
   with_dtype(in_dtype, [&](auto* i) {
-    with_dtype(out_dtype, [&](auto* o) {
-      using In = Pointee<decltype(i)>;
-      using Out = Pointee<decltype(o)>;
-      r = wide ? forward_table<In, Out, double>() : forward_table<In, Out, float>();
-    });
+    with_dtype(out_dtype, [&](auto* o) { r = forward_table<Pointee<decltype(i)>, Pointee<decltype(o)>, double>(); });
   });
   return r;
 }
 
 const BackwardKernels* backward_kernels(int y_dtype, int g_dtype, int out_dtype, bool log) {
   const BackwardKernels* r = nullptr;
-  const bool wide = y_dtype == kF64 || g_dtype == kF64 || out_dtype == kF64;
   with_dtype(y_dtype, [&](auto* y) {
     with_dtype(g_dtype, [&](auto* g) {
       with_dtype(out_dtype, [&](auto* o) {
         using Y = Pointee<decltype(y)>;
         using G = Pointee<decltype(g)>;
         using O = Pointee<decltype(o)>;
-        r = wide ? backward_table<Y, G, O, double>(log) : backward_table<Y, G, O, float>(log);
+        r = backward_table<Y, G, O, double>(log);
       });
     });
   });
   return r;
 }
 
-}  // namespace scalar
+}  // namespace wide
 
-// ======================= CPU features and ISA selection =======================
+// ======================= kernel selection =======================
 namespace {
 
-CpuFeatures detect_features() {
-  CpuFeatures f{false, false, false};
-#if defined(SSM_GNU_CPUID) || defined(SSM_MSVC_CPUID)
-  unsigned r1[4] = {0, 0, 0, 0}, r7[4] = {0, 0, 0, 0};
-  unsigned long long xcr0 = 0;
-#if defined(SSM_GNU_CPUID)
-  if (!__get_cpuid(1, &r1[0], &r1[1], &r1[2], &r1[3])) return f;
-  __get_cpuid_count(7, 0, &r7[0], &r7[1], &r7[2], &r7[3]);
-  const bool osxsave = (r1[2] >> 27) & 1u;
-  if (osxsave) {
-    unsigned lo, hi;
-    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    xcr0 = (static_cast<unsigned long long>(hi) << 32) | lo;
-  }
-#else
-  int i1[4], i7[4];
-  __cpuid(i1, 1);
-  __cpuidex(i7, 7, 0);
-  for (int j = 0; j < 4; ++j) { r1[j] = unsigned(i1[j]); r7[j] = unsigned(i7[j]); }
-  if ((r1[2] >> 27) & 1u) xcr0 = _xgetbv(0);
-#endif
-  // AVX needs the OS to save the YMM state (XCR0 bits 1 and 2).
-  const bool avx = ((r1[2] >> 28) & 1u) && (xcr0 & 6u) == 6u;
-  f.avx2 = avx && ((r7[1] >> 5) & 1u);
-  f.fma = avx && ((r1[2] >> 12) & 1u);
-  f.f16c = avx && ((r1[2] >> 29) & 1u);
-#endif
-  return f;
-}
-
-const CpuFeatures& features() {
-  static const CpuFeatures f = detect_features();
-  return f;
-}
-
-bool avx2_usable() {
-  const CpuFeatures& f = features();
-  return f.avx2 && f.fma && f.f16c && avx2::forward_kernels(kF32, kF32) != nullptr;
-}
-
-enum Isa : int { kIsaScalar = 0, kIsaAvx2 = 1 };
-std::atomic<int> g_isa{-1};  // -1: not chosen yet ("auto")
-
-int active_isa() {
-  int isa = g_isa.load(std::memory_order_relaxed);
-  if (isa < 0) {
-    isa = avx2_usable() ? kIsaAvx2 : kIsaScalar;
-    g_isa.store(isa, std::memory_order_relaxed);
-  }
-  return isa;
-}
-
+// The active ISA's kernels; the float64-accumulated ones when an operand is float64.
 const ForwardKernels* select_forward(int in_dtype, int out_dtype) {
-  const ForwardKernels* k = active_isa() == kIsaAvx2 ? avx2::forward_kernels(in_dtype, out_dtype) : nullptr;
-  return k ? k : scalar::forward_kernels(in_dtype, out_dtype);
+  const ForwardKernels* k = active_isa().forward(in_dtype, out_dtype);
+  return k ? k : wide::forward_kernels(in_dtype, out_dtype);
 }
 
 const BackwardKernels* select_backward(int y_dtype, int g_dtype, int out_dtype, bool log) {
-  const BackwardKernels* k =
-      active_isa() == kIsaAvx2 ? avx2::backward_kernels(y_dtype, g_dtype, out_dtype, log) : nullptr;
-  return k ? k : scalar::backward_kernels(y_dtype, g_dtype, out_dtype, log);
+  const BackwardKernels* k = active_isa().backward(y_dtype, g_dtype, out_dtype, log);
+  return k ? k : wide::backward_kernels(y_dtype, g_dtype, out_dtype, log);
 }
 
 // ======================= scratch memory =======================
@@ -323,7 +259,7 @@ constexpr std::int64_t kInlineElems = 16384;   // smaller problems stay on the c
 constexpr std::int64_t kMinThreadElems = 8192;  // at least this much work per thread
 constexpr std::int64_t kMinChunk = 4096;        // smallest column chunk when a row is split
 constexpr std::int64_t kMaxSharedStage = std::int64_t(8) << 20;  // bytes of stage for split rows
-constexpr std::int64_t kColTile = 32;           // columns per tile of the column kernels
+constexpr std::int64_t kColTile = kColumnTile;
 
 int threads_for(std::int64_t total, int nthreads) {
   const std::int64_t t = total < kInlineElems ? 1 : std::min<std::int64_t>(nthreads, total / kMinThreadElems);
@@ -379,8 +315,8 @@ std::size_t span_bytes(const View& v, int dtype) {
 void write_select(const void* x, int in_dtype, std::int64_t n, double hit, double miss, void* out, int out_dtype) {
   with_dtype(in_dtype, [&](auto* itag) {
     with_dtype(out_dtype, [&](auto* otag) {
-      const auto* xp = static_cast<const scalar::Pointee<decltype(itag)>*>(x);
-      auto* op = static_cast<scalar::Pointee<decltype(otag)>*>(out);
+      const auto* xp = static_cast<const wide::Pointee<decltype(itag)>*>(x);
+      auto* op = static_cast<wide::Pointee<decltype(otag)>*>(out);
       for (std::int64_t i = 0; i < n; ++i) store_from(op + i, (xp && load_as<double>(xp + i) == kInf) ? hit : miss);
     });
   });
@@ -678,23 +614,5 @@ void softmax_backward(const BackwardArgs& a) {
 }
 
 int pool_workers() { return ThreadPool::get().live_workers(); }
-
-CpuFeatures cpu_features() { return features(); }
-
-void set_isa(const std::string& name) {
-  if (name == "auto") {
-    g_isa.store(avx2_usable() ? kIsaAvx2 : kIsaScalar);
-  } else if (name == "scalar") {
-    g_isa.store(kIsaScalar);
-  } else if (name == "avx2") {
-    if (!avx2_usable())
-      throw std::invalid_argument("set_isa('avx2'): this CPU or build lacks AVX2/FMA/F16C kernels");
-    g_isa.store(kIsaAvx2);
-  } else {
-    throw std::invalid_argument("set_isa: expected 'auto', 'avx2' or 'scalar', got '" + name + "'");
-  }
-}
-
-const char* current_isa() { return active_isa() == kIsaAvx2 ? "avx2" : "scalar"; }
 
 }  // namespace ssm

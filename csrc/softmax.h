@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 namespace ssm {
 
@@ -133,16 +134,14 @@ struct BackwardKernels {
                   void* out, std::int64_t os);
 };
 
-namespace scalar {
+// The float64-accumulated kernels (any operand float64), portable C++, the same on every ISA.
+namespace wide {
 const ForwardKernels* forward_kernels(int in_dtype, int out_dtype);
 const BackwardKernels* backward_kernels(int y_dtype, int g_dtype, int out_dtype, bool log);
-}  // namespace scalar
+}  // namespace wide
 
-namespace avx2 {
-// Null when this build has no AVX2 unit or the dtype combination needs float64 accumulation.
-const ForwardKernels* forward_kernels(int in_dtype, int out_dtype);
-const BackwardKernels* backward_kernels(int y_dtype, int g_dtype, int out_dtype, bool log);
-}  // namespace avx2
+// Columns per tile of the column kernels (a reduction across rows, vectorised over the unit-stride dimension).
+constexpr int kColumnTile = 32;
 
 // ---- entry points used by the bindings (arguments already validated) ----
 // A tensor view: sizes and strides (in elements) of every dimension; the op reduces along `dim`.
@@ -162,14 +161,25 @@ struct BackwardArgs {
   View y_view, grad_view, out_view;  // same sizes
   int dim, y_dtype, grad_dtype, out_dtype; bool log; int num_threads;
 };
-struct CpuFeatures { bool avx2, fma, f16c; };
+struct CpuFeatures {
+  bool avx2, fma, f16c;                                            // x86, with the OS's YMM state
+  bool avx512f, avx512bw, avx512vl, avx512dq, avx512fp16, avx512bf16;  // x86, with the OS's ZMM state
+  bool os_avx, os_avx512;                                          // XCR0: the OS saves YMM / opmask+ZMM
+  bool neon;                                                       // aarch64 Advanced SIMD
+};
 
 void softmax_forward(const ForwardArgs& a);
 void softmax_backward(const BackwardArgs& a);
+// CPU dispatch (cpu_dispatch.cpp), shared by softmax and sampling.
 CpuFeatures cpu_features();
-// "auto" | "avx2" | "scalar"; throws std::invalid_argument for an unknown or unsupported name.
+// The ISAs this build runs on this CPU, best first ("avx512", "avx2", "neon", "scalar"; "scalar" always).
+std::vector<std::string> supported_isas();
+// "auto" (the default: STABLESOFTMAX_CPU_ISA if set, else the best) or a name from supported_isas();
+// throws std::invalid_argument for an unknown or unsupported name.
 void set_isa(const std::string& name);
 const char* current_isa();
+// Why the ISA in use was chosen (e.g. "STABLESOFTMAX_CPU_ISA=avx512 asked, but this CPU lacks ...").
+std::string isa_reason();
 // Worker threads the process's pool holds now (for tests).
 int pool_workers();
 

@@ -1,6 +1,6 @@
-// Fused sampling kernels (CPU). This file is compiled twice: as itself (portable scalar code,
-// namespace ssm::samp_scalar, plus the runtime dispatcher) and through sampling_avx2.cpp with
-// AVX2/FMA/F16C enabled (namespace ssm::samp_avx2, 8-wide exp and loads).
+// Fused sampling kernels (CPU), written once against the vector layer and instantiated per ISA by
+// isa_kernels.h inside namespace ssm::SSM_ISA (the same algorithm and random numbers as
+// stablesoftmax/backends/torch_sampling.py).
 //
 // Per row (see torch_sampling.py for the rules), the paths are:
 //  * plain temperature sampling with replacement: a max pass, then one exp+sum pass storing
@@ -15,45 +15,16 @@
 //    top-p / min-p rules then run on that list, and samples are drawn from it.
 //  * anything unusual (float64, +inf logits, infinite or negative temperature): a generic path
 //    that materialises z and e for the row and follows the reference step by step.
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <functional>
-#include <limits>
-#include <string>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-#include "sampling.h"
-#include "softmax.h"
-#include "thread_pool.h"
-
-#if defined(SSM_SAMPLING_AVX2_TU)
-#define SSM_SNS samp_avx2
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define SSM_SVEC 1
-#include <immintrin.h>
-
-#include "exp_avx2.h"
-#else
-#define SSM_SVEC 0
-#endif
-#else
-#define SSM_SNS samp_scalar
-#define SSM_SVEC 0
-#endif
+#pragma once
 
 namespace ssm {
-namespace SSM_SNS {
+namespace SSM_ISA {
 namespace {
 
 using i64 = std::int64_t;
 using u32 = std::uint32_t;
 
 constexpr i64 kB = 512;                 // block length for the block sums
-constexpr float kZCut = -103.97f;       // exp(z) > 0 in float32 exactly when z >= kZCut (our exp)
 constexpr float kRaceSlack = 17.5f;     // -log(E) <= 16.7 for every E the race can draw (u <= 1 - 2^-24)
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -113,125 +84,26 @@ struct Rng {
 
 // ---------------------------------------------------------------- vector helpers
 
-#if SSM_SVEC
-inline __m256 vload(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 vload(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-inline __m256 vload(const BFloat16* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-inline __m256 vload(const double* p) {  // compiled for completeness; float64 rows take the generic path
-  return _mm256_set_m128(_mm256_cvtpd_ps(_mm256_loadu_pd(p + 4)), _mm256_cvtpd_ps(_mm256_loadu_pd(p)));
-}
-template <class T> inline __m256 vload_tail(const T* p, i64 n, float pad) {
-  alignas(32) float b[8];
-  for (int i = 0; i < 8; ++i) b[i] = i < n ? load_as<float>(p + i) : pad;
-  return _mm256_load_ps(b);
-}
-
-// exp for float32 lanes, ~1 ulp (Cephes-style degree-7 polynomial on r in [-ln2/2, ln2/2]).
-// Fast path for x in [-86, 88] (2^n applied through the exponent bits); vectors with a lane
-// outside (or NaN) take exp8_wide: subnormal results via a two-step scale, 0 below kZCut (so
-// -inf -> 0) and 0 for NaN.
-inline __m256 exp8_poly(__m256 r) {
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  return _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-}
-
-__attribute__((noinline)) __m256 exp8_wide(__m256 x) {
-  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(88.7228f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  const __m256 y = exp8_poly(r);
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const __m256i n1 = _mm256_srai_epi32(ni, 1);
-  const __m256i n2 = _mm256_sub_epi32(ni, n1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-  const __m256 res = _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
-  return _mm256_and_ps(res, _mm256_cmp_ps(x, _mm256_set1_ps(kZCut), _CMP_GE_OQ));
-}
-
-// kNonPos: the caller guarantees x <= 0 (or -inf / NaN), which saves the upper range check.
-template <bool kNonPos = false> inline __m256 exp8(__m256 x) {
-  __m256 out = _mm256_cmp_ps(x, _mm256_set1_ps(-86.0f), _CMP_NGE_UQ);
-  if (!kNonPos) out = _mm256_or_ps(out, _mm256_cmp_ps(x, _mm256_set1_ps(88.0f), _CMP_GT_OQ));
-  if (__builtin_expect(_mm256_movemask_ps(out) != 0, 0)) return exp8_wide(x);
-  const __m256 shift = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23: rounds to an integer in the low bits
-  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift);
-  const __m256 n = _mm256_sub_ps(t, shift);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  const __m256 y = exp8_poly(r);
-  return _mm256_castsi256_ps(
-      _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_castps_si256(t), 23)));
-}
-
-// Philox4x32-10 on 8 counters at once (lane k holds counter k's words); same rounds as philox4x32_10.
-inline void philox8(std::uint64_t key, __m256i& x0, __m256i& x1, __m256i& x2, __m256i& x3) {
-  __m256i k0 = _mm256_set1_epi32(int(u32(key))), k1 = _mm256_set1_epi32(int(u32(key >> 32)));
-  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53), m1 = _mm256_set1_epi64x(0xCD9E8D57);
-  const __m256i w0 = _mm256_set1_epi32(int(0x9E3779B9u)), w1 = _mm256_set1_epi32(int(0xBB67AE85u));
-  for (int round = 0; round < 10; ++round) {
-    // 32 x 32 -> 64-bit products of the even lanes and of the odd lanes, split into high and low words
-    const __m256i p0e = _mm256_mul_epu32(x0, m0), p0o = _mm256_mul_epu32(_mm256_srli_epi64(x0, 32), m0);
-    const __m256i p1e = _mm256_mul_epu32(x2, m1), p1o = _mm256_mul_epu32(_mm256_srli_epi64(x2, 32), m1);
-    const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(p0e, 32), p0o, 0xAA);
-    const __m256i lo0 = _mm256_blend_epi32(p0e, _mm256_slli_epi64(p0o, 32), 0xAA);
-    const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(p1e, 32), p1o, 0xAA);
-    const __m256i lo1 = _mm256_blend_epi32(p1e, _mm256_slli_epi64(p1o, 32), 0xAA);
-    x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), k0);
-    x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), k1);
-    x1 = lo1;
-    x3 = lo0;
-    k0 = _mm256_add_epi32(k0, w0);
-    k1 = _mm256_add_epi32(k1, w1);
-  }
-}
-
-// The race's 23-bit draws (Rng::race_bits) of entries i0 .. i0 + 31 (i0 a multiple of 4), in entry order.
-inline void race_bits32(const Rng& rng, i64 i0, u32* out) {
-  __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(int(u32(i0 >> 2))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  __m256i x1 = _mm256_set1_epi32(int(rng.c1)), x2 = _mm256_set1_epi32(int(rng.c2)), x3 = _mm256_set1_epi32(int(rng.c3));
-  philox8(rng.key, x0, x1, x2, x3);
-  alignas(32) u32 words[4][8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(words[0]), _mm256_srli_epi32(x0, 9));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(words[1]), _mm256_srli_epi32(x1, 9));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(words[2]), _mm256_srli_epi32(x2, 9));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(words[3]), _mm256_srli_epi32(x3, 9));
-  for (int k = 0; k < 8; ++k)
+// The race's 23-bit draws (Rng::race_bits) of entries i0 .. i0 + 4 * kLanes - 1 (i0 a multiple of 4), in
+// entry order.
+constexpr int kRaceBatch = 4 * kLanes;
+inline void race_bits_batch(const Rng& rng, i64 i0, u32* out) {
+  VI x0 = iota(u32(i0 >> 2)), x1 = iset(std::int32_t(rng.c1)), x2 = iset(std::int32_t(rng.c2)), x3 = iset(std::int32_t(rng.c3));
+  philox_lanes(rng.key, x0, x1, x2, x3);
+  u32 words[4][kLanes];
+  store_u32(words[0], isrl<9>(x0));
+  store_u32(words[1], isrl<9>(x1));
+  store_u32(words[2], isrl<9>(x2));
+  store_u32(words[3], isrl<9>(x3));
+  for (int k = 0; k < kLanes; ++k)
     for (int j = 0; j < 4; ++j) out[4 * k + j] = words[j][k];
 }
 
-inline double hsum_d(__m256 v) {
-  const __m256d a = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-  return _mm_cvtsd_f64(s) + _mm_cvtsd_f64(_mm_unpackhi_pd(s, s));
-}
-#endif
-
-// exp over an array (same values as the vector kernels use).
+// exp over an array (the values the vector passes use).
 void exp_array(const float* z, float* e, i64 n) {
-#if SSM_SVEC
   i64 i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(e + i, exp8(_mm256_loadu_ps(z + i)));
-  if (i < n) {
-    alignas(32) float b[8];
-    for (int j = 0; j < 8; ++j) b[j] = i + j < n ? z[i + j] : -kInf;
-    _mm256_store_ps(b, exp8(_mm256_load_ps(b)));
-    for (i64 j = 0; i + j < n; ++j) e[i + j] = b[j];
-  }
-#else
-  for (i64 i = 0; i < n; ++i) e[i] = z[i] >= kZCut ? std::exp(z[i]) : 0.0f;
-#endif
+  for (; i + kLanes <= n; i += kLanes) store(e + i, exp_sampling(load(z + i)));
+  if (i < n) store_tail(e + i, int(n - i), exp_sampling(load_tail(z + i, int(n - i), -kInf)));
 }
 
 inline float exp1(float z) {
@@ -242,34 +114,59 @@ inline float exp1(float z) {
 inline double exp_acc(double z) { return std::exp(z); }
 inline float exp_acc(float z) { return exp1(z); }
 
+// Loads of any storage type: float64 rows take the generic paths, but the vector passes are compiled
+// for them too (the choice is made at run time), so they load through a float buffer.
+template <class T> inline VF vload(const T* p) {
+  if constexpr (std::is_same<T, double>::value) {
+    float b[kLanes];
+    for (int l = 0; l < kLanes; ++l) b[l] = float(p[l]);
+    return load(b);
+  } else {
+    return load(p);
+  }
+}
+template <class T> inline VF vload_tail(const T* p, int n, float pad) {
+  if constexpr (std::is_same<T, double>::value) {
+    float b[kLanes];
+    for (int l = 0; l < n; ++l) b[l] = float(p[l]);
+    return load_tail(b, n, pad);
+  } else {
+    return load_tail(p, n, pad);
+  }
+}
+// n >= kLanes: a whole vector; else a tail padded with `pad`.
+template <class T> inline VF load_upto(const T* p, i64 n, float pad) {
+  return n >= kLanes ? vload(p) : vload_tail(p, int(n), pad);
+}
+
+// Calls f(j) for each set bit j of `bits`, lowest first.
+template <class F> inline void for_each_bit(unsigned bits, F&& f) {
+  while (bits) {
+    f(__builtin_ctz(bits));
+    bits &= bits - 1;
+  }
+}
+
 // ---------------------------------------------------------------- row passes (float acc)
 
 // max over n entries and whether any is NaN
 template <class T> void row_max(const T* x, i64 n, float& m, bool& nan) {
   i64 i = 0;
-  float mm = -kInf;
-  bool bad = false;
-#if SSM_SVEC
-  __m256 vm0 = _mm256_set1_ps(-kInf), vm1 = vm0, vn = _mm256_setzero_ps();
-  for (; i + 16 <= n; i += 16) {
-    const __m256 a = vload(x + i), b = vload(x + i + 8);
-    vm0 = _mm256_max_ps(vm0, a);
-    vm1 = _mm256_max_ps(vm1, b);
-    vn = _mm256_or_ps(vn, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+  VF vm0 = vset(-kInf), vm1 = vm0;
+  VM vn = lt(vm0, vm0);
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const VF a = vload(x + i), b = vload(x + i + kLanes);
+    vm0 = vmax(vm0, a);
+    vm1 = vmax(vm1, b);
+    vn = m_or(vn, unord(a, b));
   }
-  vm0 = _mm256_max_ps(vm0, vm1);
-  alignas(32) float buf[8];
-  _mm256_store_ps(buf, vm0);
-  for (int j = 0; j < 8; ++j) mm = std::max(mm, buf[j]);
-  bad = _mm256_movemask_ps(vn) != 0;
-#endif
-  for (; i < n; ++i) {
-    const float v = load_as<float>(x + i);
-    if (v != v) bad = true;
-    else if (v > mm) mm = v;
+  for (; i < n; i += kLanes) {
+    const VF a = i + kLanes <= n ? vload(x + i) : vload_tail(x + i, int(n - i), -kInf);
+    vm0 = vmax(vm0, a);
+    vn = m_or(vn, unord(a, a));
   }
-  m = mm;
-  nan = bad;
+  m = reduce_max(vmax(vm0, vm1));
+  nan = mask_bits(vn) != 0;
 }
 
 // Weight transforms: logits e = exp((x - m) / T); probabilities w = x.
@@ -292,80 +189,57 @@ template <class T, class W> void block_sums(const T* x, i64 c0, i64 c1, const W&
   constexpr bool kProbs = std::is_same<W, ProbW>::value;
   for (i64 b0 = c0; b0 < c1; b0 += kB) {
     const i64 b1 = std::min(b0 + kB, c1);
-#if SSM_SVEC
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    VF acc0 = vzero(), acc1 = acc0;
     i64 i = b0;
     if constexpr (kProbs) {
       // invalid lanes: v < 0, or !(v < inf) (NaN and +inf)
-      const __m256 vzero = _mm256_setzero_ps(), vinf = _mm256_set1_ps(kInf);
-      __m256 bad = vzero;
-      auto check = [&](__m256 v) {
-        bad = _mm256_or_ps(bad, _mm256_or_ps(_mm256_cmp_ps(v, vzero, _CMP_LT_OQ), _mm256_cmp_ps(v, vinf, _CMP_NLT_UQ)));
+      const VF vinf = vset(kInf);
+      VM bad = lt(vinf, vinf);
+      auto check = [&](VF v) {
+        bad = m_or(bad, m_or(lt(v, vzero()), m_or(unord(v, v), eq(v, vinf))));
         return v;
       };
-      for (; i + 16 <= b1; i += 16) {
-        acc0 = _mm256_add_ps(acc0, check(vload(x + i)));
-        acc1 = _mm256_add_ps(acc1, check(vload(x + i + 8)));
+      for (; i + 2 * kLanes <= b1; i += 2 * kLanes) {
+        acc0 = add(acc0, check(vload(x + i)));
+        acc1 = add(acc1, check(vload(x + i + kLanes)));
       }
-      for (; i < b1; i += 8) acc0 = _mm256_add_ps(acc0, check(vload_tail(x + i, b1 - i, 0.0f)));
-      if (_mm256_movemask_ps(bad)) {
+      for (; i < b1; i += kLanes) acc0 = add(acc0, check(load_upto(x + i, b1 - i, 0.0f)));
+      if (mask_bits(bad)) {
         out[(b0 - c0) / kB] = kNaN;
         continue;
       }
     } else {
       // Sums only steer the search to a block (which is then rescanned with exact division and
-      // exp8), so z here is (x - m) * (1/T) and exp flushes below 2^-125: a few ulp from the
+      // exp_sampling), so z here is (x - m) * (1/T) and exp flushes below 2^-125: a few ulp from the
       // rescan's weights, and z <= 0 exactly. The subtraction comes first: x * (1/T) - m * (1/T)
       // (one FMA) carries an error of ~|m / T| * 2^-24 into the exponent, which at large |m / T|
       // biased the draws (and at tiny T gave exp(+huge) or 0 for the maximum itself). The caller
       // guarantees 1/T is finite (plain_params sends other rows to the generic path).
-      const __m256 vm = _mm256_set1_ps(w.m), vr = _mm256_set1_ps(1.0f / w.t);
-      auto e = [&](__m256 v) { return exp256_ftz(_mm256_mul_ps(_mm256_sub_ps(v, vm), vr)); };
-      for (; i + 16 <= b1; i += 16) {
-        acc0 = _mm256_add_ps(acc0, e(vload(x + i)));
-        acc1 = _mm256_add_ps(acc1, e(vload(x + i + 8)));
+      const VF vm = vset(w.m), vr = vset(1.0f / w.t);
+      auto e = [&](VF v) { return exp_ftz(mul(sub(v, vm), vr)); };
+      for (; i + 2 * kLanes <= b1; i += 2 * kLanes) {
+        acc0 = add(acc0, e(vload(x + i)));
+        acc1 = add(acc1, e(vload(x + i + kLanes)));
       }
-      for (; i < b1; i += 8) acc0 = _mm256_add_ps(acc0, e(vload_tail(x + i, b1 - i, -kInf)));
+      for (; i < b1; i += kLanes) acc0 = add(acc0, e(load_upto(x + i, b1 - i, -kInf)));
     }
-    out[(b0 - c0) / kB] = hsum_d(_mm256_add_ps(acc0, acc1));
-#else
-    double s = 0;
-    for (i64 i = b0; i < b1; ++i) {
-      if constexpr (kProbs) {
-        const float v = load_as<float>(x + i);
-        s += invalid_prob(v) ? kNaN : double(v);
-      } else {
-        s += double(exp1(w.z(load_as<float>(x + i))));
-      }
-    }
-    out[(b0 - c0) / kB] = s;
-#endif
+    out[(b0 - c0) / kB] = reduce_sum(add(acc0, acc1));
   }
 }
 
 // The weights of entries [b0, b0 + n) into out (n <= kB).
 template <class T, class W> void block_weights(const T* x, i64 b0, i64 n, const W& w, float* out) {
   constexpr bool kProbs = std::is_same<W, ProbW>::value;
-#if SSM_SVEC
-  const __m256 vm = _mm256_set1_ps(kProbs ? 0.f : w.m), vt = _mm256_set1_ps(kProbs ? 1.f : w.t);
+  const VF vm = vset(kProbs ? 0.f : w.m), vt = vset(kProbs ? 1.f : w.t);
   i64 i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = vload(x + b0 + i);
-    _mm256_storeu_ps(out + i, kProbs ? v : exp8<true>(_mm256_div_ps(_mm256_sub_ps(v, vm), vt)));
+  for (; i + kLanes <= n; i += kLanes) {
+    const VF v = vload(x + b0 + i);
+    store(out + i, kProbs ? v : exp_sampling<true>(div(sub(v, vm), vt)));
   }
   if (i < n) {
-    alignas(32) float b[8];
-    const __m256 v = vload_tail(x + b0 + i, n - i, kProbs ? 0.f : -kInf);
-    _mm256_store_ps(b, kProbs ? v : exp8(_mm256_div_ps(_mm256_sub_ps(v, vm), vt)));
-    for (i64 j = 0; i + j < n; ++j) out[i + j] = b[j];
+    const VF v = vload_tail(x + b0 + i, int(n - i), kProbs ? 0.f : -kInf);
+    store_tail(out + i, int(n - i), kProbs ? v : exp_sampling(div(sub(v, vm), vt)));
   }
-#else
-  for (i64 i = 0; i < n; ++i) {
-    const float v = load_as<float>(x + b0 + i);
-    if constexpr (kProbs) out[i] = v;
-    else out[i] = exp1(w.z(v));
-  }
-#endif
 }
 
 // ---------------------------------------------------------------- outputs
@@ -620,62 +494,61 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
   float xb = bound();
   i64 i = 0;
   bool invalid = false;
-#if SSM_SVEC
-  const __m256 vm = _mm256_set1_ps(kProbs ? 0.f : w.m), vt = _mm256_set1_ps(kProbs ? 1.f : w.t);
-  const __m256 vcut = _mm256_set1_ps(kZCut), vzero = _mm256_setzero_ps(), vinf = _mm256_set1_ps(kInf);
-  __m256 vbad = vzero;
-  // The 1 - u test in vector form once the heap is full: Philox for 32 entries at a time, then
+  const VF vm = vset(kProbs ? 0.f : w.m), vt = vset(kProbs ? 1.f : w.t);
+  const VF vcut = vset(kZCut), vinf = vset(kInf);
+  VM vbad = lt(vinf, vinf);
+  // The 1 - u test in vector form once the heap is full: Philox for kRaceBatch entries at a time, then
   // (1 - u) rounded down against w * exp(-thr) * kMargin (products in float: a prefilter only;
   // visit() repeats the test in double).
-  alignas(32) u32 bits[32];
+  u32 bits[kRaceBatch];
   i64 bits_at = -1;
-  auto may_enter = [&](i64 i0, __m256 v, __m256 z) -> int {
-    if (inv_exp_thr == double(kInf)) return 0xFF;
-    if ((i0 & ~i64(31)) != bits_at) {
-      bits_at = i0 & ~i64(31);
-      race_bits32(rng, bits_at, bits);
+  constexpr unsigned kAllLanes = kLanes == 32 ? ~0u : (1u << kLanes) - 1u;
+  auto may_enter = [&](i64 i0, VF v, VF z) -> unsigned {
+    if (inv_exp_thr == double(kInf)) return kAllLanes;
+    const i64 batch = i0 - i0 % kRaceBatch;
+    if (batch != bits_at) {
+      bits_at = batch;
+      race_bits_batch(rng, bits_at, bits);
     }
-    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(bits + (i0 & 31)));
-    const __m256 omu = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_set1_epi32(8388607), b)),
-                                     _mm256_set1_ps(0x1p-23f));  // <= 1 - u
-    __m256 bound_w;
+    VI b;
+    std::memcpy(&b, bits + (i0 - batch), sizeof(VI));
+    const VF omu = mul(cvt_float(isub(iset(8388607), b)), vset(0x1p-23f));  // <= 1 - u
+    VF bound_w;
     if constexpr (kProbs) {
       (void)z;
-      bound_w = _mm256_mul_ps(v, _mm256_set1_ps(float(std::min(inv_exp_thr, 1e38))));
+      bound_w = mul(v, vset(float(std::min(inv_exp_thr, 1e38))));
     } else {
-      bound_w = exp8(_mm256_add_ps(z, _mm256_set1_ps(float(std::log(inv_exp_thr)))));
+      bound_w = exp_sampling(add(z, vset(float(std::log(inv_exp_thr)))));
     }
-    return _mm256_movemask_ps(_mm256_cmp_ps(omu, bound_w, _CMP_LT_OQ));
+    return mask_bits(lt(omu, bound_w));
   };
-  for (; i + 8 <= V; i += 8) {
-    const __m256 v = vload(x + i);
-    __m256 pos, z = vzero;
+  for (; i + kLanes <= V; i += kLanes) {
+    const VF v = vload(x + i);
+    VM pos;
+    VF z = vzero();
     if constexpr (kProbs) {
-      pos = _mm256_cmp_ps(v, vzero, _CMP_GT_OQ);
-      vbad = _mm256_or_ps(vbad, _mm256_or_ps(_mm256_cmp_ps(v, vzero, _CMP_LT_OQ), _mm256_cmp_ps(v, vinf, _CMP_NLT_UQ)));
+      pos = gt(v, vzero());
+      vbad = m_or(vbad, m_or(lt(v, vzero()), m_or(unord(v, v), eq(v, vinf))));
     } else {
-      z = _mm256_div_ps(_mm256_sub_ps(v, vm), vt);
-      pos = _mm256_cmp_ps(z, vcut, _CMP_GE_OQ);
+      z = div(sub(v, vm), vt);
+      pos = ge(z, vcut);
     }
-    const int pm = _mm256_movemask_ps(pos);
-    count += __builtin_popcount(unsigned(pm));
-    int cm = pm & _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(xb), _CMP_GE_OQ));
+    const unsigned pm = mask_bits(pos);
+    count += __builtin_popcount(pm);
+    unsigned cm = pm & mask_bits(ge(v, vset(xb)));
     if (cm == 0) continue;
     cm &= may_enter(i, v, z);
     if (cm == 0) continue;
-    alignas(32) float vb[8];
-    _mm256_store_ps(vb, v);
-    while (cm) {
-      const int j = __builtin_ctz(unsigned(cm));
-      cm &= cm - 1;
+    float vb[kLanes];
+    store(vb, v);
+    for_each_bit(cm, [&](int j) {
       if (vb[j] >= xb) {
         visit(i + j, vb[j]);
         xb = bound();
       }
-    }
+    });
   }
-  invalid = _mm256_movemask_ps(vbad) != 0;
-#endif
+  invalid = mask_bits(vbad) != 0;
   for (; i < V; ++i) {
     const float v = load_as<float>(x + i);
     if constexpr (kProbs) invalid |= invalid_prob(v);
@@ -723,20 +596,15 @@ template <class T> float kth_largest(const T* x, i64 V, i64 k) {
     }
   };
   i64 i = k;
-#if SSM_SVEC
-  for (; i < V && (i & 7); ++i) offer(load_as<float>(x + i));
-  for (; i + 16 <= V; i += 16) {
-    const __m256 a = vload(x + i), b = vload(x + i + 8);
-    const __m256 vt = _mm256_set1_ps(thr);
-    const int ma = _mm256_movemask_ps(_mm256_cmp_ps(a, vt, _CMP_GT_OQ));
-    const int mb = _mm256_movemask_ps(_mm256_cmp_ps(b, vt, _CMP_GT_OQ));
-    if ((ma | mb) == 0) continue;
-    alignas(32) float buf[16];
-    _mm256_store_ps(buf, a);
-    _mm256_store_ps(buf + 8, b);
-    for (int j = 0; j < 16; ++j) offer(buf[j]);
+  for (; i + 2 * kLanes <= V; i += 2 * kLanes) {
+    const VF a = vload(x + i), b = vload(x + i + kLanes);
+    const VF vt = vset(thr);
+    if ((mask_bits(gt(a, vt)) | mask_bits(gt(b, vt))) == 0) continue;
+    float buf[2 * kLanes];
+    store(buf, a);
+    store(buf + kLanes, b);
+    for (int j = 0; j < 2 * kLanes; ++j) offer(buf[j]);
   }
-#endif
   for (; i < V; ++i) offer(load_as<float>(x + i));
   return thr;
 }
@@ -752,22 +620,18 @@ double gather(const T* x, i64 V, const LogitW& w, float zlo, bool strict, std::v
   zs.clear();
   ids.clear();
   i64 i = 0;
-#if SSM_SVEC
-  const __m256 vm = _mm256_set1_ps(w.m), vt = _mm256_set1_ps(w.t), vlo = _mm256_set1_ps(zlo);
-  for (; i + 8 <= V; i += 8) {
-    const __m256 z = _mm256_div_ps(_mm256_sub_ps(vload(x + i), vm), vt);
-    int mk = _mm256_movemask_ps(strict ? _mm256_cmp_ps(z, vlo, _CMP_GT_OQ) : _mm256_cmp_ps(z, vlo, _CMP_GE_OQ));
+  const VF vm = vset(w.m), vt = vset(w.t), vlo = vset(zlo);
+  for (; i + kLanes <= V; i += kLanes) {
+    const VF z = div(sub(vload(x + i), vm), vt);
+    const unsigned mk = mask_bits(strict ? gt(z, vlo) : ge(z, vlo));
     if (!mk) continue;
-    alignas(32) float zb[8];
-    _mm256_store_ps(zb, z);
-    while (mk) {
-      const int j = __builtin_ctz(unsigned(mk));
-      mk &= mk - 1;
+    float zb[kLanes];
+    store(zb, z);
+    for_each_bit(mk, [&](int j) {
       zs.push_back(zb[j]);
       ids.push_back(i + j);
-    }
+    });
   }
-#endif
   for (; i < V; ++i) {
     const float z = w.z(load_as<float>(x + i));
     if (strict ? z > zlo : z >= zlo) {
@@ -795,29 +659,23 @@ template <class T> float top_p_cut(const T* x, i64 V, const LogitW& w, float top
   double hist[kBins] = {0};
   double sum = 0;
   i64 i = 0;
-#if SSM_SVEC
-  const __m256 vm = _mm256_set1_ps(w.m), vt = _mm256_set1_ps(w.t), vlo = _mm256_set1_ps(-16.0f);
-  while (i + 8 <= V) {
-    __m256 acc = _mm256_setzero_ps();
-    const i64 stop = std::min(V - 7, i + kB);
-    for (; i < stop; i += 8) {
-      const __m256 z = _mm256_div_ps(_mm256_sub_ps(vload(x + i), vm), vt);
-      const __m256 e = exp8(z);
-      acc = _mm256_add_ps(acc, e);
-      int mk = _mm256_movemask_ps(_mm256_cmp_ps(z, vlo, _CMP_GT_OQ));
+  const VF vm = vset(w.m), vt = vset(w.t), vlo = vset(-16.0f);
+  while (i + kLanes <= V) {
+    VF acc = vzero();
+    const i64 stop = std::min(V - (kLanes - 1), i + kB);
+    for (; i < stop; i += kLanes) {
+      const VF z = div(sub(vload(x + i), vm), vt);
+      const VF e = exp_sampling(z);
+      acc = add(acc, e);
+      const unsigned mk = mask_bits(gt(z, vlo));
       if (!mk) continue;
-      alignas(32) float zb[8], eb[8];
-      _mm256_store_ps(zb, z);
-      _mm256_store_ps(eb, e);
-      while (mk) {
-        const int j = __builtin_ctz(unsigned(mk));
-        mk &= mk - 1;
-        hist[int(-zb[j] * 4.0f)] += double(eb[j]);
-      }
+      float zb[kLanes], eb[kLanes];
+      store(zb, z);
+      store(eb, e);
+      for_each_bit(mk, [&](int j) { hist[int(-zb[j] * 4.0f)] += double(eb[j]); });
     }
-    sum += hsum_d(acc);
+    sum += reduce_sum(acc);
   }
-#endif
   for (; i < V; ++i) {
     const float z = w.z(load_as<float>(x + i));
     const float e = exp1(z);
@@ -869,15 +727,13 @@ bool plain_fast(const SampleArgs& a, i64 r, float m, bool nan) { return !nan && 
 // The lowest index i with x[i] == m (m a value the row holds), or V.
 template <class T, class Acc> i64 first_index_of(const T* x, i64 V, Acc m) {
   i64 i = 0;
-#if SSM_SVEC
   if constexpr (!std::is_same<T, double>::value) {
-    const __m256 vm = _mm256_set1_ps(float(m));
-    for (; i + 8 <= V; i += 8) {
-      const int hit = _mm256_movemask_ps(_mm256_cmp_ps(vload(x + i), vm, _CMP_EQ_OQ));
-      if (hit) return i + __builtin_ctz(unsigned(hit));
+    const VF vm = vset(float(m));
+    for (; i + kLanes <= V; i += kLanes) {
+      const unsigned hit = mask_bits(eq(vload(x + i), vm));
+      if (hit) return i + __builtin_ctz(hit);
     }
   }
-#endif
   while (i < V && !(load_as<Acc>(x + i) == m)) ++i;
   return i;
 }
@@ -1118,9 +974,8 @@ template <class T> void run(const SampleArgs& a) {
   });
 }
 
-}  // namespace
-
-void sample(const SampleArgs& a) {
+// One sample_rows / sample_probs call (arguments validated by the bindings).
+void sample_kernel(const SampleArgs& a) {
   if (a.rows == 0 || a.num_samples == 0) return;
   if (a.cols == 0) {
     for (i64 r = 0; r < a.rows; ++r) row_out(a, r).fill_bad();
@@ -1129,26 +984,6 @@ void sample(const SampleArgs& a) {
   with_dtype(a.dtype, [&](auto* tag) { run<std::remove_pointer_t<decltype(tag)>>(a); });
 }
 
-#if defined(SSM_SAMPLING_AVX2_TU)
-bool compiled() { return SSM_SVEC != 0; }
-#endif
-
-}  // namespace SSM_SNS
-
-#if !defined(SSM_SAMPLING_AVX2_TU)
-#if !defined(SSM_HAVE_AVX2_TU)
-namespace samp_avx2 {
-bool compiled() { return false; }
-void sample(const SampleArgs& a) { samp_scalar::sample(a); }
-}  // namespace samp_avx2
-#endif
-
-void sample(const SampleArgs& a) {
-  const CpuFeatures f = cpu_features();
-  const bool avx2 = samp_avx2::compiled() && f.avx2 && f.fma && f.f16c && std::string(current_isa()) != "scalar";
-  if (avx2) samp_avx2::sample(a);
-  else samp_scalar::sample(a);
-}
-#endif
-
+}  // namespace
+}  // namespace SSM_ISA
 }  // namespace ssm

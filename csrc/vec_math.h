@@ -1,0 +1,123 @@
+// Vector exp and Philox written once against the vector layer (vec_avx2.h documents its API).
+// Included by isa_kernels.h inside namespace ssm::SSM_ISA, after that ISA's vec_<isa>.h.
+#pragma once
+
+namespace ssm {
+namespace SSM_ISA {
+
+// e^r = sum_k r^k / k! for k <= Degree, by Horner's rule.
+template <int Degree> inline VF exp_taylor(VF r) {
+  float inv_fact[Degree + 1];
+  inv_fact[0] = 1.0f;
+  for (int k = 1; k <= Degree; ++k) inv_fact[k] = inv_fact[k - 1] / float(k);
+  VF p = vset(inv_fact[Degree]);
+  for (int k = Degree - 1; k >= 0; --k) p = fmadd(p, r, vset(inv_fact[k]));
+  return p;
+}
+
+// x - n * ln2 for an integral n, with |result| <= ln2 / 2 (two-constant Cody-Waite: n * hi is exact).
+inline VF reduce_ln2(VF x, VF n) {
+  const VF r = fnmadd(n, vset(0.693145751953125f), x);
+  return fnmadd(n, vset(1.42860682030941723e-06f), r);
+}
+
+// exp(x), ~1-2 ulp over the whole range, subnormal results exact-rounded: x = n*ln2 + r, e^r by a
+// degree-7 Taylor polynomial (truncation < 1e-8 relative), then e^r * 2^a * 2^b with a + b = n: both
+// factors are normal numbers, so the first product is exact and only the last one rounds (also when the
+// result is subnormal). x <= -104 gives 0 (exp(-104) is below half the smallest subnormal), -inf -> 0,
+// x >= 88.8 gives inf, NaN stays NaN (vmin/vmax return their second operand when it is NaN).
+inline VF exp_exact(VF x) {
+  x = vmin(vset(88.8f), x);
+  x = vmax(vset(-104.0f), x);
+  const VF n = round_even(mul(x, vset(1.44269504088896341f)));
+  const VF p = exp_taylor<7>(reduce_ln2(x, n));
+  const VI ni = cvt_int(n);
+  const VI a = isra<1>(ni);
+  const VI b = isub(ni, a);
+  const VI bias = iset(127);
+  const VF sa = as_float(ishl<23>(iadd(a, bias)));
+  const VF sb = as_float(ishl<23>(iadd(b, bias)));
+  return mul(mul(p, sa), sb);
+}
+
+// exp for values that end in a sum, a float32 output or a float16 output, where results below 2^-125 do
+// not matter (float32: under the absolute error bound; float16: they round to 0; sums: negligible):
+// x < -86.5 gives 0 (as does -inf), e^r by a degree-6 Taylor polynomial on |r| <= ln2/2 (truncation
+// < 1.3e-7 relative, ~2-3 ulp in all), 2^n added to the exponent bits in one step. Meant for x <= 0
+// (x - row max); x up to 88 still works. NaN lanes give 0: callers detect NaN rows before they
+// exponentiate.
+inline VF exp_ftz(VF x) {
+  const VM in_range = ge(x, vset(-86.5f));
+  x = vmax(x, vset(-86.5f));
+  const VF shift = vset(12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
+  const VF t = fmadd(x, vset(1.44269504088896341f), shift);
+  const VF p = exp_taylor<6>(reduce_ln2(x, sub(t, shift)));
+  return keep(in_range, as_float(iadd(as_int(p), ishl<23>(as_int(t)))));
+}
+
+// The sampling kernels' exp (every path of one ISA uses this one, so the block sums, the rescans and
+// the candidate weights agree): ~1 ulp (Cephes-style degree-7 polynomial on r in [-ln2/2, ln2/2]).
+// Vectors with every lane in [-86, 88] take the fast form (2^n through the exponent bits); others take
+// exp_sampling_wide: subnormal results via a two-step scale, 0 below kZCut (so -inf -> 0) and 0 for NaN.
+constexpr float kZCut = -103.97f;  // exp(z) > 0 in float32 exactly when z >= kZCut (this exp)
+
+inline VF exp_sampling_poly(VF r) {
+  VF p = vset(1.9875691500e-4f);
+  p = fmadd(p, r, vset(1.3981999507e-3f));
+  p = fmadd(p, r, vset(8.3334519073e-3f));
+  p = fmadd(p, r, vset(4.1665795894e-2f));
+  p = fmadd(p, r, vset(1.6666665459e-1f));
+  p = fmadd(p, r, vset(5.0000001201e-1f));
+  return fmadd(p, mul(r, r), add(r, vset(1.0f)));
+}
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+inline VF exp_sampling_wide(VF x) {
+  const VF xc = vmin(vmax(x, vset(-104.0f)), vset(88.7228f));
+  const VF n = round_even(mul(xc, vset(1.44269504088896341f)));
+  VF r = fnmadd(n, vset(0.693359375f), xc);
+  r = fnmadd(n, vset(-2.12194440e-4f), r);
+  const VF y = exp_sampling_poly(r);
+  const VI ni = cvt_int(n);
+  const VI n1 = isra<1>(ni);
+  const VI n2 = isub(ni, n1);
+  const VI bias = iset(127);
+  const VF s1 = as_float(ishl<23>(iadd(n1, bias)));
+  const VF s2 = as_float(ishl<23>(iadd(n2, bias)));
+  return keep(ge(x, vset(kZCut)), mul(mul(y, s1), s2));
+}
+
+// kNonPos: the caller guarantees x <= 0 (or -inf / NaN), which saves the upper range check.
+template <bool kNonPos = false> inline VF exp_sampling(VF x) {
+  VM out = m_or(lt(x, vset(-86.0f)), unord(x, x));
+  if (!kNonPos) out = m_or(out, gt(x, vset(88.0f)));
+  if (__builtin_expect(mask_bits(out) != 0, 0)) return exp_sampling_wide(x);
+  const VF shift = vset(12582912.0f);  // 1.5 * 2^23: rounds to an integer in the low bits
+  const VF t = fmadd(x, vset(1.44269504088896341f), shift);
+  const VF n = sub(t, shift);
+  VF r = fnmadd(n, vset(0.693359375f), x);
+  r = fnmadd(n, vset(-2.12194440e-4f), r);
+  const VF y = exp_sampling_poly(r);
+  return as_float(iadd(as_int(y), ishl<23>(as_int(t))));
+}
+
+// Philox4x32-10 on kLanes counters at once (lane k holds counter k's words); the rounds of philox4x32_10.
+inline void philox_lanes(std::uint64_t key, VI& x0, VI& x1, VI& x2, VI& x3) {
+  std::uint32_t k0 = std::uint32_t(key), k1 = std::uint32_t(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    VI hi0, lo0, hi1, lo1;
+    mul_hilo(x0, 0xD2511F53u, hi0, lo0);
+    mul_hilo(x2, 0xCD9E8D57u, hi1, lo1);
+    x0 = ixor(ixor(hi1, x1), iset(std::int32_t(k0)));
+    x2 = ixor(ixor(hi0, x3), iset(std::int32_t(k1)));
+    x1 = lo1;
+    x3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+}  // namespace SSM_ISA
+}  // namespace ssm
