@@ -27,22 +27,21 @@ kernel_test=tests/native/kernel_test.cpp
 isa_flags() {  # arch file
   [ "$1" = x86_64 ] || return 0
   case "$(basename "$2")" in
-    *avx512*) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c" ;;
+    *avx512*) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c" ;;
     *avx2*) echo "-mavx2 -mfma -mf16c" ;;
   esac
 }
 
 # build arch compiler out link-flags: objects of every source (two compiles at a time), then the programs.
 build() {
-  local arch=$1 cxx=$2 out=$3 ldflags=$4 defs=""
-  if [ "$arch" = x86_64 ]; then defs="-DSSM_HAVE_AVX2_TU=1"; fi
+  local arch=$1 cxx=$2 out=$3 ldflags=$4
   rm -rf "$out" && mkdir -p "$out"
   local srcs=("${kernels[@]}" "${vec_srcs[@]}") objs=() pids=() src obj
   if [ -f "$kernel_test" ]; then srcs+=("$kernel_test"); fi
   for src in "${srcs[@]}"; do
     obj="$out/$(basename "$src" .cpp).o"
     # shellcheck disable=SC2046
-    "$cxx" -O2 -std=c++17 -pthread $defs $(isa_flags "$arch" "$src") -c "$src" -o "$obj" &
+    "$cxx" -O2 -std=c++17 -pthread $(isa_flags "$arch" "$src") -c "$src" -o "$obj" &
     pids+=($!)
     if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
   done
