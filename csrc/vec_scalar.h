@@ -1,7 +1,8 @@
 // The vector layer in portable C++ (the "scalar" ISA, built on every platform): 4 float32 lanes held in
 // arrays, each operation a loop the compiler may vectorise with whatever the baseline ISA offers. Same
-// API and semantics as vec_avx2.h (documented there); fmadd/fnmadd are not fused (a software fma is
-// slow where the baseline has no FMA instruction).
+// API and semantics as vec_avx2.h (documented there); fmadd/fnmadd are written a*b + c, not std::fma
+// (a software fma is slow where the baseline has no FMA instruction); the compiler contracts them into
+// one fused instruction where the baseline has one (aarch64), so the rounding is the target's.
 #pragma once
 
 #include <cmath>
