@@ -237,6 +237,22 @@ def best_of(runs: list[list[dict]]) -> list[dict]:
     return list(best.values())
 
 
+def sort_rows(rows: list[dict]) -> list[dict]:
+    """The cases in their order (profile rows last), llama.cpp first, then float32 before float16, by threads."""
+    order = list(CASES) + list(PROFILE)
+
+    def key(r: dict) -> tuple:
+        case = r["case"]
+        base = case.removeprefix("profile:")
+        rank = order.index(case) if case in order else len(order)
+        kind = 1 if case.startswith("profile:") else 0
+        sub = next((i for i, c in enumerate(CASES) if base.startswith(c)), len(CASES))
+        return (kind, rank, sub, case, r["impl"] != "llama.cpp", r["dtype"] != "float32", int(r["threads"]),
+                r["variant"] != "chain+fill", r["variant"])  # fmt: skip
+
+    return sorted(rows, key=key)
+
+
 def add_ratios(rows: list[dict]) -> None:
     """ratio = llama.cpp chain+fill median / median; ratio_vs_chain_only: against llama.cpp's apply alone."""
     base = {r["case"]: float(r["median_us"]) for r in rows if r["impl"] == "llama.cpp" and r["variant"] == "chain+fill"}
@@ -363,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.runs):
                 print(f"run {i + 1}/{args.runs}", flush=True)
                 runs.append(measure_once(driver, logits_path, x32, args))
-    rows = best_of(runs)
+    rows = sort_rows(best_of(runs))
     add_ratios(rows)
     print(f"1 x {VOCAB} row, {cpu_model()}, stablesoftmax ISA {env['isa']}, torch {torch.__version__}, "
           f"best median of {args.runs} run(s)")  # fmt: skip
