@@ -17,6 +17,13 @@
 #include <string>
 #include <vector>
 
+// The vector layer's functions: always inlined (an out-of-line call per vector costs more than the work).
+#if defined(__GNUC__) || defined(__clang__)
+#define SSM_VEC_INLINE inline __attribute__((always_inline))
+#else
+#define SSM_VEC_INLINE inline
+#endif
+
 namespace ssm {
 
 enum DType : int { kF16 = 0, kBF16 = 1, kF32 = 2, kF64 = 3 };

@@ -6,7 +6,7 @@ namespace ssm {
 namespace SSM_ISA {
 
 // e^r = sum_k r^k / k! for k <= Degree, by Horner's rule.
-template <int Degree> inline VF exp_taylor(VF r) {
+template <int Degree> SSM_VEC_INLINE VF exp_taylor(VF r) {
   float inv_fact[Degree + 1];
   inv_fact[0] = 1.0f;
   for (int k = 1; k <= Degree; ++k) inv_fact[k] = inv_fact[k - 1] / float(k);
@@ -16,7 +16,7 @@ template <int Degree> inline VF exp_taylor(VF r) {
 }
 
 // x - n * ln2 for an integral n, with |result| <= ln2 / 2 (two-constant Cody-Waite: n * hi is exact).
-inline VF reduce_ln2(VF x, VF n) {
+SSM_VEC_INLINE VF reduce_ln2(VF x, VF n) {
   const VF r = fnmadd(n, vset(0.693145751953125f), x);
   return fnmadd(n, vset(1.42860682030941723e-06f), r);
 }
@@ -26,7 +26,7 @@ inline VF reduce_ln2(VF x, VF n) {
 // factors are normal numbers, so the first product is exact and only the last one rounds (also when the
 // result is subnormal). x <= -104 gives 0 (exp(-104) is below half the smallest subnormal), -inf -> 0,
 // x >= 88.8 gives inf, NaN stays NaN (vmin/vmax return their second operand when it is NaN).
-inline VF exp_exact(VF x) {
+SSM_VEC_INLINE VF exp_exact(VF x) {
   x = vmin(vset(88.8f), x);
   x = vmax(vset(-104.0f), x);
   const VF n = round_even(mul(x, vset(1.44269504088896341f)));
@@ -46,7 +46,7 @@ inline VF exp_exact(VF x) {
 // < 1.3e-7 relative, ~2-3 ulp in all), 2^n added to the exponent bits in one step. Meant for x <= 0
 // (x - row max); x up to 88 still works. NaN lanes give 0: callers detect NaN rows before they
 // exponentiate.
-inline VF exp_ftz(VF x) {
+SSM_VEC_INLINE VF exp_ftz(VF x) {
   const VM in_range = ge(x, vset(-86.5f));
   x = vmax(x, vset(-86.5f));
   const VF shift = vset(12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
@@ -61,7 +61,7 @@ inline VF exp_ftz(VF x) {
 // exp_sampling_wide: subnormal results via a two-step scale, 0 below kZCut (so -inf -> 0) and 0 for NaN.
 constexpr float kZCut = -103.97f;  // exp(z) > 0 in float32 exactly when z >= kZCut (this exp)
 
-inline VF exp_sampling_poly(VF r) {
+SSM_VEC_INLINE VF exp_sampling_poly(VF r) {
   VF p = vset(1.9875691500e-4f);
   p = fmadd(p, r, vset(1.3981999507e-3f));
   p = fmadd(p, r, vset(8.3334519073e-3f));
@@ -90,7 +90,7 @@ inline VF exp_sampling_wide(VF x) {
 }
 
 // kNonPos: the caller guarantees x <= 0 (or -inf / NaN), which saves the upper range check.
-template <bool kNonPos = false> inline VF exp_sampling(VF x) {
+template <bool kNonPos = false> SSM_VEC_INLINE VF exp_sampling(VF x) {
   VM out = m_or(lt(x, vset(-86.0f)), unord(x, x));
   if (!kNonPos) out = m_or(out, gt(x, vset(88.0f)));
   if (__builtin_expect(mask_bits(out) != 0, 0)) return exp_sampling_wide(x);
@@ -104,7 +104,7 @@ template <bool kNonPos = false> inline VF exp_sampling(VF x) {
 }
 
 // Philox4x32-10 on kLanes counters at once (lane k holds counter k's words); the rounds of philox4x32_10.
-inline void philox_lanes(std::uint64_t key, VI& x0, VI& x1, VI& x2, VI& x3) {
+SSM_VEC_INLINE void philox_lanes(std::uint64_t key, VI& x0, VI& x1, VI& x2, VI& x3) {
   std::uint32_t k0 = std::uint32_t(key), k1 = std::uint32_t(key >> 32);
   for (int round = 0; round < 10; ++round) {
     VI hi0, lo0, hi1, lo1;
