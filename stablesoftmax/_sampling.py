@@ -286,7 +286,7 @@ def _filter_params(
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise StableSoftmaxError(f"top_k must be a non-negative int or an int tensor, got {top_k!r}")
         if top_k > 0 and (vocab is None or top_k < vocab):
-            k_tensor, k_max = torch.full((rows,), top_k, dtype=torch.int64, device=device), top_k
+            k_tensor, k_max = _constant(top_k, rows, torch.int64, device), top_k
     if top_p is not None:
         _check_range(top_p, "top_p", 0.0, 1.0, True, validate)
         if isinstance(top_p, torch.Tensor) or top_p < 1:
