@@ -3,12 +3,13 @@ gradient and its sampled tokens (and their log-probabilities) are bitwise the sa
 size (1, 2, 7, 64), the row's position in the batch (first, middle, last), ``torch.get_num_threads()``
 (1, 2, 4) and whether the row was split across threads.
 
-Which calls split a row (csrc/, as built today): softmax and its backward split a row into block-aligned
-chunks when there are fewer than twice as many rows as threads in use and the row is at least 8192
-entries long, so with 2 or 4 threads a lone 65,536 row and a batch of two are split while a batch of 64
-is not. Sampling with replacement splits rows of at least 32,768 entries when there are fewer rows than
-threads (a lone row with 2 threads, a batch of two with 4). Every C++ test runs once per ISA the build
-runs here (``conftest.CPP_ISAS``, "scalar" included). Each row of a batch holds its own random data.
+Which calls split a row (csrc/, as built today): softmax and its backward split rows into block-aligned
+chunks when there are fewer than twice as many rows as threads in use (calls of 16,384 entries or more;
+at least 8,192 per thread), so with 2 or 4 threads a lone 65,536 row and a pair are split (2 or 4 chunks),
+a batch of 7 on 4 threads too, a batch of 64 never. Sampling with replacement splits rows of 32,768 entries
+or more when there are fewer rows than threads (a lone row on 2 or 4 threads, a pair on 4). Every C++
+test runs once per ISA the build runs here (``conftest.CPP_ISAS``, "scalar" included). Each row of a batch
+holds its own random data.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def _check_everywhere(row, others, call, what: str, layouts=LAYOUTS) -> int:
 # --------------------------------------------------------------------------- softmax / log_softmax
 
 # (row length, input dtype, op, output dtype). 37: less than one 512-entry block; 1000: whole rows on one
-# thread; 65,536 and 152,064 (a Qwen vocabulary): split with 2 and 4 threads when alone or in a pair (4 and 8
-# chunks of 152,064); 100,003: split, with a partial last block. Every cheap combination, a spread of long ones.
+# thread; 65,536 and 152,064 (a Qwen vocabulary): split on 2 and 4 threads when alone or in a pair;
+# 100,003: split, with a partial last block. Every cheap combination, a spread of long ones.
 _CHEAP = [
     (cols, dtype, op, out)
     for cols in (37, 1000)
