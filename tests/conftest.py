@@ -8,6 +8,7 @@ is a failure, not a skip: every backend must be tested there.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -41,6 +42,57 @@ BACKENDS = ["triton", "cpp", "torch"] if DEVICE.type == "cpu" else ["triton", "t
 INTERPRETED = DEVICE.type == "cpu"  # Triton runs interpreted: keep its shapes small
 
 
+def _cpp_isas() -> list[str]:
+    """The C++ extension's ISAs that run on this CPU, best first, "scalar" last ([] without the extension)."""
+    if "cpp" not in BACKENDS:
+        return []
+    try:
+        from stablesoftmax import _C
+    except ImportError:
+        return []
+    return [str(name) for name in _C.supported_isas()]
+
+
+#: Every C++ kernel path this build runs here (e.g. ["avx2", "scalar"]), computed at collection time.
+CPP_ISAS = _cpp_isas()
+#: The backends with the C++ one once per ISA ("cpp-avx2", "cpp-scalar", ...); a bare "cpp" where the
+#: extension does not import, so that ``backend`` fails on CI and skips elsewhere, as for any backend.
+ENGINES = [b for b in BACKENDS if b != "cpp"] + (
+    ([f"cpp-{isa}" for isa in CPP_ISAS] or ["cpp"]) if "cpp" in BACKENDS else []
+)
+
+
+@contextlib.contextmanager
+def cpp_isa(name: str | None):
+    """Run the block with the C++ kernels of ISA ``name`` (None: leave the choice alone); restores "auto"."""
+    if name is None:
+        yield
+        return
+    from stablesoftmax import _C
+
+    if name not in CPP_ISAS:
+        pytest.skip(f"this CPU or build has no {name} kernels (it runs {CPP_ISAS})")
+    _C.set_isa(name)
+    try:
+        yield
+    finally:
+        _C.set_isa("auto")
+
+
+@contextlib.contextmanager
+def on_engine(engine: str):
+    """One backend forced and, for "cpp-<isa>", that ISA's kernels; yields the backend's name."""
+    backend, _, isa = engine.partition("-")
+    require_backend(backend)
+    with cpp_isa(isa or None), ss.use_backend(backend):
+        yield backend
+
+
+#: ``@isa_axis`` on a test that takes the ``backend`` fixture runs it once per C++ ISA (ids "cpp-avx2", ...)
+#: besides the other backends; the test still sees ``backend == "cpp"``. For the tests that exercise kernels.
+isa_axis = pytest.mark.parametrize("backend", ENGINES, indirect=True)
+
+
 def require_backend(name: str) -> None:
     status = ss.available_backends()[name]
     if not status.available:
@@ -51,10 +103,9 @@ def require_backend(name: str) -> None:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest):
-    """Run the test body with one backend forced; yields its name."""
-    require_backend(request.param)
-    with ss.use_backend(request.param):
-        yield request.param
+    """Run the test body with one backend forced; yields its name ("cpp" for "cpp-<isa>" under ``isa_axis``)."""
+    with on_engine(request.param) as name:
+        yield name
 
 
 @pytest.fixture

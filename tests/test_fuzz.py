@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 from _reference import assert_close_to_reference, reference
-from conftest import BACKENDS, DEVICE, INTERPRETED, require_backend
+from conftest import DEVICE, ENGINES, INTERPRETED, cpp_isa, require_backend
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,12 +86,15 @@ def _check(backend: str, case) -> None:
         assert_close_to_reference(out, reference(x, dim % max(x.ndim, 1), log), log)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fuzz_against_reference(backend):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fuzz_against_reference(engine):
+    """Every backend, the C++ one once per ISA ("cpp-avx2", "cpp-scalar", ...)."""
+    backend, _, isa = engine.partition("-")
     require_backend(backend)
 
     @given(case=cases(backend))
     def run(case):
         _check(backend, case)
 
-    run()
+    with cpp_isa(isa or None):
+        run()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from _stats import assert_fits
-from conftest import DEVICE, INTERPRETED
+from conftest import DEVICE, INTERPRETED, isa_axis
 
 import stablesoftmax as ss
 
@@ -17,6 +17,7 @@ def _probs(rows, cols, gen, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@isa_axis
 def test_unnormalised_rows_follow_their_distribution(backend, dtype, gen):
     p = _probs(3, 30, gen, dtype)
     p[1, ::3] = 0
@@ -27,6 +28,7 @@ def test_unnormalised_rows_follow_their_distribution(backend, dtype, gen):
         assert_fits(torch.bincount(tokens[r].cpu(), minlength=30), expected / expected.sum())
 
 
+@isa_axis
 def test_tiny_float16_probabilities_and_zeros(backend):
     """Zero-probability entries never come back, even beside float16 subnormals (pytorch#192812)."""
     cols = 4096
@@ -40,6 +42,7 @@ def test_tiny_float16_probabilities_and_zeros(backend):
     assert (p.gather(1, single) > 0).all()
 
 
+@isa_axis
 def test_without_replacement(backend, gen):
     p = _probs(1, 5, gen, torch.float32)
     p_cpu = p[0].double().cpu() / p[0].double().cpu().sum()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from _stats import assert_fits, filtered_distribution
-from conftest import DEVICE, INTERPRETED
+from conftest import DEVICE, ENGINES, INTERPRETED, isa_axis, on_engine
 
 import stablesoftmax as ss
 
@@ -37,6 +37,7 @@ def _counts(tokens: torch.Tensor, cols: int) -> torch.Tensor:
     ],
     ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "plain",
 )
+@isa_axis
 def test_distribution_after_temperature_and_filters(backend, params, dtype, gen):
     x = _logits(3, 40, gen, dtype=dtype)
     tokens = ss.sample_from_logits(x, DRAWS, seed=7, **params)
@@ -45,6 +46,7 @@ def test_distribution_after_temperature_and_filters(backend, params, dtype, gen)
         assert_fits(_counts(tokens[r], 40), filtered_distribution(x[r].cpu(), **params))
 
 
+@isa_axis
 def test_without_replacement_follows_sequential_draws(backend, gen):
     """Pairs drawn without replacement follow 'draw one, remove it, draw again'."""
     x = _logits(1, 6, gen, scale=1.0)
@@ -64,6 +66,7 @@ def test_without_replacement_follows_sequential_draws(backend, gen):
     assert sorted(whole[0].tolist()) == list(range(6))
 
 
+@isa_axis
 def test_masked_and_filtered_entries_never_sampled(backend, gen):
     """Over 10**6 draws: -inf logits and entries removed by the filters never come back."""
     cols = 64
@@ -86,6 +89,7 @@ def test_masked_and_filtered_entries_never_sampled(backend, gen):
         assert (seen[r][allowed] > 0).any()
 
 
+@isa_axis
 def test_infinite_logits_share_the_row(backend, gen):
     x = _logits(2, 30, gen, dtype=torch.float16)
     x[0, [3, 17, 29]] = INF
@@ -96,6 +100,7 @@ def test_infinite_logits_share_the_row(backend, gen):
         assert_fits(_counts(tokens[r], 30), filtered_distribution(x[r].cpu()))
 
 
+@isa_axis
 def test_greedy_and_top_k_one_are_argmax(backend, gen):
     x = _logits(5, 300, gen, dtype=torch.bfloat16)
     expected = x.float().argmax(dim=1, keepdim=True)
@@ -106,6 +111,7 @@ def test_greedy_and_top_k_one_are_argmax(backend, gen):
     assert set(ss.sample_from_logits(x[2], 200, top_k=1, seed=0).tolist()) == {10, 200}
 
 
+@isa_axis
 def test_per_row_parameters_act_per_row(backend, gen):
     x = _logits(4, 25, gen)
     params = [
@@ -155,6 +161,7 @@ def test_reproducible_from_seed_and_generator(backend, gen):
     assert ss.sample_from_logits(x, 2, generator=cpu_gen).device == x.device
 
 
+@isa_axis
 def test_logprobs_are_those_of_the_filtered_distribution(backend, gen):
     x = _logits(2, 50, gen, dtype=torch.float16)
     tokens, logprobs = ss.sample_from_logits(x, 16, seed=3, temperature=0.8, top_k=20, return_logprobs=True)
@@ -188,6 +195,7 @@ def test_bad_rows_raise_naming_rows_counts_cause_and_fix(backend, gen):
         ss.sample_from_logits(x[:2], 3, replacement=False, top_k=2)
 
 
+@isa_axis
 def test_validate_false_returns_minus_one_without_raising(backend, gen):
     x = _logits(4, 100, gen, dtype=torch.float16)
     x[1, 5] = NAN
@@ -231,10 +239,11 @@ def test_shapes(backend, gen):
     assert ss.sample_from_logits(x.transpose(0, 2), seed=0).shape == (33, 3, 1)
 
 
-def _tokens_per_backend(call, backends):
+def _tokens_per_backend(call, engines):
+    """``call()`` on each engine: a backend, or "cpp-<isa>" for the C++ backend on one ISA."""
     out = {}
-    for name in backends:
-        with ss.use_backend(name):
+    for name in engines:
+        with on_engine(name):
             out[name] = call().cpu()
     return out
 
@@ -249,7 +258,7 @@ def _assert_agree(per_backend: dict) -> None:
 
 
 def _available(names):
-    return [n for n in names if ss.available_backends()[n].available]
+    return [n for n in names if ss.available_backends()[n.partition("-")[0]].available]
 
 
 @pytest.mark.parametrize(
@@ -264,19 +273,17 @@ def _available(names):
 )
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 def test_backends_return_the_same_tokens(params, dtype, gen):
-    """One algorithm, one random stream: every backend draws the same tokens for the same seed."""
-    from conftest import BACKENDS
-
+    """One algorithm, one random stream: every backend (and C++ ISA) draws the same tokens for the same seed."""
     x = _logits(16, 3000, gen, dtype=dtype)
     draw = lambda: ss.sample_from_logits(x, seed=77, offset=3, **params)  # noqa: E731
-    _assert_agree(_tokens_per_backend(draw, _available(BACKENDS)))
+    _assert_agree(_tokens_per_backend(draw, _available(ENGINES)))
 
 
 @pytest.mark.parametrize("replacement", [True, False], ids=["replacement", "no_replacement"])
 def test_backends_agree_on_long_rows_and_multinomial(replacement, gen):
     """Long vocabulary rows (C++ vector paths, block sums, the pruned race) against the torch reference."""
     x = _logits(4, 152_064, gen, dtype=torch.float16)
-    backends = _available(["cpp", "torch"] if DEVICE.type == "cpu" else ["triton", "torch"])
+    backends = _available([e for e in ENGINES if e != "triton"] if DEVICE.type == "cpu" else ["triton", "torch"])
     per_backend = _tokens_per_backend(
         lambda: ss.sample_from_logits(x, 8, temperature=0.9, replacement=replacement, seed=5), backends
     )

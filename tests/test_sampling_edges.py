@@ -1,8 +1,8 @@
 """Sampling at the edges: large |logit / T|, tiny and infinite temperatures, greedy without replacement.
 
 Every test runs on each sampling engine that can run here: the C++ backend once per CPU kernel
-path (``_C.set_isa``: AVX2 and scalar), the torch backend, and Triton (interpreted on CPU, so
-its shapes stay small there).
+path (``conftest.ENGINES``: every ISA in ``_C.supported_isas()``, scalar included), the torch
+backend, and Triton (interpreted on CPU, so its shapes stay small there).
 """
 
 from __future__ import annotations
@@ -13,44 +13,18 @@ import os
 import pytest
 import torch
 from _stats import assert_fits, filtered_distribution
-from conftest import BACKENDS, DEVICE, INTERPRETED, require_backend
+from conftest import CPP_ISAS, DEVICE, ENGINES, INTERPRETED, on_engine, require_backend
 
 import stablesoftmax as ss
 
 INF = math.inf
-ENGINES = [b for b in BACKENDS if b != "cpp"] + (["cpp-avx2", "cpp-scalar"] if "cpp" in BACKENDS else [])
-
-
-def _isa_available(name: str) -> bool:
-    from stablesoftmax import _C
-
-    try:
-        _C.set_isa(name)
-    except ValueError:
-        return False
-    finally:
-        _C.set_isa("auto")
-    return True
 
 
 @pytest.fixture(params=ENGINES)
 def engine(request: pytest.FixtureRequest):
     """One backend forced (and for cpp one CPU kernel path); yields the engine's name."""
-    name = request.param
-    backend, _, isa = name.partition("-")
-    require_backend(backend)
-    if isa:
-        from stablesoftmax import _C
-
-        if not _isa_available(isa):
-            pytest.skip(f"this CPU or build has no {isa} kernels")
-        _C.set_isa(isa)
-    try:
-        with ss.use_backend(backend):
-            yield name
-    finally:
-        if isa:
-            _C.set_isa("auto")
+    with on_engine(request.param):
+        yield request.param
 
 
 def _small(engine: str) -> bool:
@@ -110,19 +84,10 @@ def test_tiny_temperature_gives_the_argmax(engine, temperature, gen):
 def _draw_per_engine(call) -> dict:
     out = {}
     for name in ENGINES:
-        backend, _, isa = name.partition("-")
-        if not ss.available_backends()[backend].available or (isa and not _isa_available(isa)):
+        if not ss.available_backends()[name.partition("-")[0]].available:
             continue
-        from stablesoftmax import _C
-
-        if isa:
-            _C.set_isa(isa)
-        try:
-            with ss.use_backend(backend):
-                out[name] = [t.cpu() for t in call()]
-        finally:
-            if isa:
-                _C.set_isa("auto")
+        with on_engine(name):
+            out[name] = [t.cpu() for t in call()]
     return out
 
 
@@ -226,75 +191,7 @@ def test_greedy_rows_among_sampled_rows(engine, dtype, gen):
             assert (lp[r] < 0).all()
 
 
-# --------------------------------------------------------------------------- bitwise invariance
-
-
-INVARIANCE_PATHS = [
-    {"temperature": 0.0},
-    {"temperature": 0.0, "replacement": False},
-    {"temperature": 0.9},
-    {"top_k": 50},
-    {"top_p": 0.9},
-    {"min_p": 0.05},
-    {"temperature": 1.2, "top_k": 200, "top_p": 0.95, "min_p": 0.01},
-    {"replacement": False},
-    {"multinomial": True},
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("isa", ["avx2", "scalar"])
-def test_tokens_bitwise_invariant_to_batch_position_and_threads(isa, gen):
-    """SPEC 'Bitwise invariance': a row's tokens and log-probs are the same whatever the batch size,
-    its position and the thread count (a lone long row is split across threads at block boundaries
-    and combined in block order; it used to differ in ~1 of 8,000 draws from the same row batched)."""
-    require_backend("cpp")
-    if DEVICE.type != "cpu":
-        pytest.skip("the C++ backend runs on CPU tensors")
-    if not _isa_available(isa):
-        pytest.skip(f"this CPU or build has no {isa} kernels")
-    from stablesoftmax import _C
-
-    cols = 65_536
-    pool = (torch.randn(65, cols, generator=gen) * 3).half()
-    row = pool[0].clone()
-    seeds_pool = torch.randint(0, 2**62, (64,), generator=gen)
-    threads_before = torch.get_num_threads()
-    _C.set_isa(isa)
-    try:
-        with ss.use_backend("cpp"):
-            for params in INVARIANCE_PATHS:
-                params = dict(params)
-                multinomial = params.pop("multinomial", False)
-                many = params.get("replacement", True) and params.get("temperature") != 0.0
-                ref = None
-                for threads in (1, 2, 4):
-                    torch.set_num_threads(threads)
-                    for batch in (1, 2, 7, 64):
-                        n = (40_000 if batch <= 2 else 2_000) if many else 8
-                        x = pool[1 : batch + 1].clone()
-                        pos = 0 if multinomial else batch // 2  # multinomial keys rows by index: row 0
-                        x[pos] = row
-                        if multinomial:
-                            p = torch.softmax(x.float(), dim=-1)
-                            g = torch.Generator().manual_seed(5)
-                            got = (ss.multinomial(p, n, replacement=True, generator=g)[pos], torch.zeros(0))
-                        else:
-                            seeds = seeds_pool[:batch].clone()
-                            seeds[pos] = 1234
-                            tokens, lp = ss.sample_from_logits(
-                                x, n, seed=seeds, offset=7, return_logprobs=True, **params
-                            )
-                            got = (tokens[pos], lp[pos])
-                        if ref is None:
-                            ref = got
-                        m = min(ref[0].numel(), got[0].numel())
-                        where = f"{params or 'multinomial'}, {threads} threads, batch {batch}"
-                        assert torch.equal(got[0][:m], ref[0][:m]), where
-                        assert torch.equal(got[1][:m], ref[1][:m]), where
-    finally:
-        torch.set_num_threads(threads_before)
-        _C.set_isa("auto")
+# Bitwise invariance to batch size, position, thread count and split, per ISA: tests/test_invariance.py.
 
 
 # --------------------------------------------------------------------------- bounded scratch memory
@@ -330,7 +227,7 @@ with ss.use_backend("cpp"):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["float64", "top_k"])
-@pytest.mark.parametrize("isa", ["avx2", "scalar"])
+@pytest.mark.parametrize("isa", CPP_ISAS or ["auto"])
 def test_scratch_memory_is_released_after_large_rows(case, isa):
     """Scratch grown for a long row does not stay resident (it used to stay at the largest row's
     size: ~160 MiB per thread for a 2**22 float64 row, 32 MiB per thread for top-k on 2**23)."""
@@ -338,8 +235,6 @@ def test_scratch_memory_is_released_after_large_rows(case, isa):
     import sys
 
     require_backend("cpp")
-    if not _isa_available(isa):
-        pytest.skip(f"this CPU or build has no {isa} kernels")
     if not os.path.exists("/proc/self/statm"):
         pytest.skip("RSS is read from /proc/self/statm (Linux)")
     out = subprocess.run(

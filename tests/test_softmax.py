@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from _reference import INF, assert_close_to_reference, reference
-from conftest import DEVICE, INTERPRETED
+from conftest import DEVICE, INTERPRETED, isa_axis
 
 import stablesoftmax as ss
 
@@ -37,6 +37,7 @@ def _too_slow(backend: str, shape) -> bool:
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
+@isa_axis
 def test_matches_float64_reference(backend, shape, dtype, log, gen):
     if _too_slow(backend, shape):
         shape = (1, shape[1]) if shape[1] <= 160_000 else (1, 70_000)
@@ -49,6 +50,7 @@ def test_matches_float64_reference(backend, shape, dtype, log, gen):
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 @pytest.mark.parametrize("in_dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+@isa_axis
 def test_dtype_argument(backend, in_dtype, out_dtype, log, gen):
     x = _random((6, 3000), in_dtype, gen, scale=8.0)
     out = _op(log)(x, -1, dtype=out_dtype)
@@ -68,6 +70,7 @@ def test_long_rows(backend, shape, dtype, gen):
 
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@isa_axis
 def test_non_contiguous_and_other_dims(backend, log, gen):
     op = _op(log)
     wide = _random((6, 900), torch.float32, gen)
@@ -101,6 +104,7 @@ def _nonfinite_rows(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@isa_axis
 def test_non_finite_table(backend, dtype):
     x = _nonfinite_rows(dtype)
     y, logy = ss.softmax(x, -1), ss.log_softmax(x, -1)
@@ -116,6 +120,7 @@ def test_non_finite_table(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@isa_axis
 def test_non_finite_in_long_rows(backend, dtype, gen):
     """The rules hold when the special entries sit in different blocks of a long row, for whole rows
     and for rows split across threads (one row at a time)."""
@@ -151,6 +156,7 @@ def test_gradcheck_float64(backend, log, gen):
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@isa_axis
 def test_backward_matches_float64(backend, dtype, log, gen):
     x = _random((4, 3000), dtype, gen).requires_grad_()
     grad = torch.randn(4, 3000, generator=gen, dtype=torch.float64).to(DEVICE)

@@ -8,49 +8,26 @@ rounded S. 16-bit outputs must be within one ulp of the correctly rounded refere
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
 import torch
 from _reference import assert_close_to_reference, reference
-from conftest import BACKENDS, DEVICE, INTERPRETED, require_backend
+from conftest import DEVICE, ENGINES, INTERPRETED, on_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stablesoftmax as ss
-
-# (backend, C++ ISA): the C++ backend on both of its paths where the CPU has AVX2.
-PATHS = [(b, isa) for b in BACKENDS for isa in (("avx2", "scalar") if b == "cpp" else (None,))]
-PATH_IDS = [b if isa is None else f"{b}-{isa}" for b, isa in PATHS]
-
-
-@contextlib.contextmanager
-def on_path(backend: str, isa: str | None):
-    require_backend(backend)
-    if isa is None:
-        with ss.use_backend(backend):
-            yield
-        return
-    from stablesoftmax import _C
-
-    if isa == "avx2" and not _C.cpu_features()["avx2"]:
-        pytest.skip("this CPU has no AVX2")
-    _C.set_isa(isa)
-    try:
-        with ss.use_backend(backend):
-            yield
-    finally:
-        _C.set_isa("auto")
 
 
 def _rel_err_at(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((out.double().cpu() - ref.cpu()).abs() / ref.cpu().abs()).max())
 
 
-@pytest.fixture(params=PATHS, ids=PATH_IDS)
+@pytest.fixture(params=ENGINES)
 def path(request):
-    with on_path(*request.param):
+    """One backend forced, the C++ one once per ISA (conftest.ENGINES); yields its name, e.g. "cpp-scalar"."""
+    with on_engine(request.param):
         yield request.param
 
 
@@ -76,7 +53,7 @@ def test_float16_row_of_16(path, out_dtype, gen):
 @pytest.mark.parametrize("in_dtype", [torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("cols", [16, 3000, 70_000], ids=str)
 def test_float64_output_near_zero(path, in_dtype, cols, gen):
-    if INTERPRETED and path[0] == "triton" and cols > 3000:
+    if INTERPRETED and path == "triton" and cols > 3000:
         cols = 3000
     x = (-12 - 4 * torch.rand(3, cols, generator=gen, dtype=torch.float64)).to(in_dtype).to(DEVICE)
     x[:, 1] = 0
@@ -94,7 +71,7 @@ def test_float64_output_near_zero(path, in_dtype, cols, gen):
 @pytest.mark.parametrize("shape", [(1, 70_000), (6, 70_000), (64, 3000)], ids=str)
 def test_every_path_of_long_rows(path, dtype, shape, gen):
     """Whole rows, rows split across threads (one row) and short rows, each with a dominant entry."""
-    if INTERPRETED and path[0] == "triton":
+    if INTERPRETED and path == "triton":
         shape = (shape[0], min(shape[1], 20_000)) if shape[0] == 1 else (2, 3000)
     x = (-14 - 6 * torch.rand(shape, generator=gen, dtype=torch.float64)).to(dtype).to(DEVICE)
     x[:, 7] = 0.5
@@ -120,11 +97,11 @@ def dominated_rows(draw):
     return x.to(dtype).to(DEVICE)
 
 
-@pytest.mark.parametrize(("backend_name", "isa"), PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=15, deadline=None, derandomize=True)
 @given(x=dominated_rows(), out=st.sampled_from([None, torch.bfloat16, torch.float16, torch.float32]))
-def test_property_near_zero(backend_name, isa, x, out):
-    with on_path(backend_name, isa):
+def test_property_near_zero(engine, x, out):
+    with on_engine(engine):
         y = ss.log_softmax(x, -1, dtype=out)
     ref = reference(x, -1, True)
     assert (ref.abs().amin(-1) < 1e-3).all()  # the case under test: values within 1e-3 of 0

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 from _reference import assert_close_to_reference, reference
-from conftest import DEVICE
+from conftest import DEVICE, isa_axis
 
 import stablesoftmax as ss
 
@@ -45,6 +45,7 @@ def _cases(name: str, gen: torch.Generator):
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 @pytest.mark.parametrize("name", LAYOUTS)
+@isa_axis
 def test_forward_strides_and_values(backend, name, log, gen):
     x, dims = _cases(name, gen)
     op = ss.log_softmax if log else ss.softmax
@@ -61,6 +62,7 @@ def test_forward_strides_and_values(backend, name, log, gen):
 
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
 @pytest.mark.parametrize("name", LAYOUTS)
+@isa_axis
 def test_backward_strides_and_values(backend, name, log, gen):
     x, dims = _cases(name, gen)
     op = ss.log_softmax if log else ss.softmax
@@ -119,6 +121,7 @@ def test_size_one_dims_with_any_stride(backend, log, gen):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@isa_axis
 def test_reduce_first_dim_of_a_matrix(backend, dtype, log, gen):
     """softmax(x, 0) of a (V, N) tensor: columns reduced in place, tails of the column tiles, non-finite columns."""
     rows, cols = (300, 77) if backend != "triton" else (40, 19)

@@ -1,6 +1,6 @@
 """The C++ backend's threads and memory: the pool follows the thread count, concurrent callers get
-the serial results, per-thread scratch stays bounded, and a row's output is bitwise the same for any
-batch size, position, thread count and split (SPEC "Randomness")."""
+the serial results, per-thread scratch stays bounded, and staged and recomputed exponentials agree.
+Bitwise invariance to batch size, position, thread count and split: tests/test_invariance.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import torch
-from conftest import DEVICE, require_backend
+from conftest import CPP_ISAS, DEVICE, cpp_isa, require_backend
 
 import stablesoftmax as ss
 
@@ -28,11 +28,6 @@ def cpp():
     with ss.use_backend("cpp"):
         yield _C
     torch.set_num_threads(threads)
-    _C.set_isa("auto")
-
-
-def _isas(_C) -> list[str]:
-    return ["avx2", "scalar"] if _C.cpu_features()["avx2"] else ["scalar"]
 
 
 def test_pool_follows_the_thread_count(cpp):
@@ -74,55 +69,6 @@ def test_concurrent_callers_get_the_serial_results(cpp):
     assert not errors
 
 
-LONG = [pytest.param(n, marks=pytest.mark.slow) for n in (65_536, 262_144)]
-
-
-@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("cols", [37, 3000, *LONG], ids=str)
-def test_bitwise_invariance(cpp, cols, dtype, log):
-    """The same row alone, in batches of 2, 7 and 64 at any position, with 1, 2 and 4 threads (whole rows
-    and rows split across threads), on both ISAs: bitwise the same output."""
-    op = ss.log_softmax if log else ss.softmax
-    gen = torch.Generator().manual_seed(cols)
-    row = (torch.randn(1, cols, generator=gen) * 5).to(dtype)
-    batches = [1, 2, 7] if cols > 65_536 else [1, 2, 7, 64]
-    for isa in _isas(cpp):
-        cpp.set_isa(isa)
-        torch.set_num_threads(1)
-        want = op(row, -1)
-        for out_dtype in (None, torch.float32):
-            want_d = op(row, -1, dtype=out_dtype)
-            for threads in (1, 2, 4):
-                torch.set_num_threads(threads)
-                for batch in batches:
-                    others = (torch.randn(batch, cols, generator=gen) * 5).to(dtype)
-                    for pos in sorted({0, batch // 2, batch - 1}):
-                        x = others.clone()
-                        x[pos] = row[0]
-                        got = op(x, -1, dtype=out_dtype)[pos]
-                        assert torch.equal(got, want_d[0]), (isa, threads, batch, pos, out_dtype)
-        assert torch.equal(op(row, -1), want)
-
-
-def test_bitwise_invariance_of_backward(cpp):
-    gen = torch.Generator().manual_seed(3)
-    y = torch.softmax(torch.randn(1, 100_000, generator=gen), -1)
-    g = torch.randn(1, 100_000, generator=gen)
-    from stablesoftmax._softmax import _backward
-
-    for isa in _isas(cpp):
-        cpp.set_isa(isa)
-        torch.set_num_threads(1)
-        want = _backward(y, g, 1, torch.float32, False)
-        for threads in (2, 4):
-            torch.set_num_threads(threads)
-            for batch in (1, 3, 16):
-                yb, gb = y.repeat(batch, 1), g.repeat(batch, 1)
-                got = _backward(yb, gb, 1, torch.float32, False)
-                assert torch.equal(got[batch - 1], want[0]), (isa, threads, batch)
-
-
 _RSS_CHILD = textwrap.dedent(
     """
     import gc, os, sys, torch
@@ -160,13 +106,13 @@ def test_scratch_memory_is_bounded():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("isa", CPP_ISAS or [None])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_staged_and_recomputed_exponentials_agree(cpp, dtype):
+def test_staged_and_recomputed_exponentials_agree(cpp, dtype, isa):
     """A row of 2^21 + 512 entries: one thread stages its exponentials (8 MiB), two threads split it and
     recompute them (the shared stage would pass 8 MiB): bitwise the same output."""
     x = (torch.randn(1, (1 << 21) + 512, generator=torch.Generator().manual_seed(9)) * 6).to(dtype)
-    for isa in _isas(cpp):
-        cpp.set_isa(isa)
+    with cpp_isa(isa):
         torch.set_num_threads(1)
         want = ss.softmax(x, -1)
         torch.set_num_threads(2)
