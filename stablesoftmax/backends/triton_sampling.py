@@ -50,6 +50,13 @@ _TILE_GPU, _TILE_INTERP = 4096, 1 << 20
 # Columns per step of the threshold bisection loops.
 _FBLOCK_GPU, _FBLOCK_INTERP = 4096, 16384
 
+# Rows one threshold program bisects at once (short rows): each row's bisection state lives in
+# registers, and 512 rows per program spilled kilobytes per thread.
+_MAX_THRESHOLD_ROWS = 16
+# Register cap handed to ptxas for the threshold kernel: left alone, ptxas holds it to 64-72
+# registers (occupancy) and spills; the kernel is bound by its passes over the row, not by occupancy.
+_THRESHOLD_MAXNREG = 128
+
 # From this many samples per row on, blocks shrink towards sqrt(V) columns.
 _MANY_SAMPLES = 256
 
@@ -167,27 +174,30 @@ def _threshold_kernel(
     x_ptr, stride, n_rows, V, ws_max_ptr, nb, temp_ptr, topk_ptr, topp_ptr, thr_ptr,
     HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, R: tl.constexpr, FB: tl.constexpr, NB_P2: tl.constexpr,
 ):  # fmt: skip
+    # The bisection state is int32: keys lie in [key(-inf), key(0)] = [-2139095041, 0], so every
+    # ``hi - lo + 1`` fits (int64 state doubled the registers of every per-row value and spilled).
     rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     rmask = rows < n_rows
     m, _ = _row_max(ws_max_ptr, rows, rmask, nb, NB_P2)
     t = tl.load(temp_ptr + rows, mask=rmask, other=1.0)
     tdiv = tl.where(t == 0.0, 1.0, t)[:, None]
     m2 = m[:, None]
-    thr = tl.full([R], -2147483648, tl.int64)
+    x_rows = x_ptr + rows[:, None] * stride
+    thr = tl.full([R], -2147483648, tl.int32)
     if HAS_TOPK:
         k = tl.load(topk_ptr + rows, mask=rmask, other=0)
-        lo = tl.full([R], -2139095041, tl.int64)  # key(-inf): count(key >= lo) = V >= k
-        hi = tl.zeros([R], tl.int64)  # key(0): z <= 0
+        lo = tl.full([R], -2139095041, tl.int32)  # key(-inf): count(key >= lo) = V >= k
+        hi = tl.zeros([R], tl.int32)  # key(0): z <= 0
         for _ in range(32):
             mid = lo + ((hi - lo + 1) >> 1)
-            cnt = tl.zeros([R], tl.int64)
+            cnt = tl.zeros([R], tl.int32)
             for c in range(0, V, FB):
                 cols = c + tl.arange(0, FB)
                 msk = rmask[:, None] & (cols[None, :] < V)
-                x = tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=msk, other=-float("inf"))
-                key = _key(_logit_z(x.to(tl.float32), m2, tdiv)).to(tl.int64)
-                cnt += tl.sum((msk & (key >= mid[:, None])).to(tl.int64), axis=1)
-            ok = cnt >= k
+                x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
+                key = _key(_logit_z(x.to(tl.float32), m2, tdiv))
+                cnt += tl.sum((msk & (key >= mid[:, None])).to(tl.int32), axis=1)
+            ok = cnt.to(tl.int64) >= k
             lo = tl.where(ok, mid, lo)
             hi = tl.where(ok, hi, mid - 1)
         thr = tl.where(k > 0, lo, thr)
@@ -197,27 +207,27 @@ def _threshold_kernel(
         for c in range(0, V, FB):
             cols = c + tl.arange(0, FB)
             msk = rmask[:, None] & (cols[None, :] < V)
-            x = tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=msk, other=-float("inf"))
+            x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
             z, w = _weights(x.to(tl.float32), m2, tdiv, thr[:, None], 0.0, True, False)
             total += tl.sum(w.to(tl.float64), axis=1)
         goal = p.to(tl.float64) * total
         lo = tl.maximum(thr, -2139095041)
-        hi = tl.zeros([R], tl.int64)
+        hi = tl.zeros([R], tl.int32)
         for _ in range(32):
             mid = lo + ((hi - lo) >> 1)
             mass = tl.zeros([R], tl.float64)
             for c in range(0, V, FB):
                 cols = c + tl.arange(0, FB)
                 msk = rmask[:, None] & (cols[None, :] < V)
-                x = tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=msk, other=-float("inf"))
+                x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
                 z, w = _weights(x.to(tl.float32), m2, tdiv, thr[:, None], 0.0, True, False)
-                above = _key(z).to(tl.int64) > mid[:, None]
+                above = _key(z) > mid[:, None]
                 mass += tl.sum(tl.where(above, w, 0.0).to(tl.float64), axis=1)
             ok = mass < goal
             hi = tl.where(ok, mid, hi)
             lo = tl.where(ok, lo, mid + 1)
         thr = tl.where(p < 1.0, lo, thr)
-    tl.store(thr_ptr + rows, thr.to(tl.int32), mask=rmask)
+    tl.store(thr_ptr + rows, thr, mask=rmask)
 
 
 @triton.jit
@@ -367,7 +377,9 @@ class _Plan:
         rows_p2 = _next_pow2(rows)
         self.R = max(1, min(rows_p2, tile // self.B))
         self.FB = min(fblock, _next_pow2(cols))
-        self.RF = max(1, min(rows_p2, fblock // self.FB))
+        # several short rows per threshold program: a tile of at most a quarter of a row step
+        # (1,024 elements on a GPU; a larger tile of short rows spilled at any register count)
+        self.RF = max(1, min(rows_p2, fblock // 4 // self.FB, _MAX_THRESHOLD_ROWS))
         self.SB = max(1, min(_next_pow2(num_samples), tile // max(self.B, self.NB_P2)))
 
 
@@ -441,7 +453,7 @@ def sample_rows(
                 top_k.contiguous() if top_k is not None else temperature,
                 top_p.contiguous() if top_p is not None else temperature,
                 thr, HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None,
-                R=plan.RF, FB=plan.FB, NB_P2=plan.NB_P2,
+                R=plan.RF, FB=plan.FB, NB_P2=plan.NB_P2, maxnreg=_THRESHOLD_MAXNREG,
             )  # fmt: skip
         minp = min_p.contiguous() if min_p is not None else temperature
         thr_arg = thr if thr is not None else temperature
