@@ -89,10 +89,47 @@ def _finish(s: torch.Tensor, total: tuple[torch.Tensor, torch.Tensor], out: torc
         out.copy_(s.exp_().div_(total[0]))
 
 
+#: Bit patterns of +inf, as int16, of the 16-bit float dtypes.
+_POS_INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+# Temporary bytes per element of the fast path: float32 softmax, a boolean mask.
+_FAST_BYTES_PER_ELEMENT = 5
+
+
+def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor) -> None:
+    """Softmax of whole rows for a 16-bit ``out``: torch's own max-subtracted softmax, then the
+    SPEC's answer where it differs, chosen per row on the device (no host sync).
+
+    torch's kernel computes ``exp(x - m) / sum`` in float32 with ``m`` the row max, which is the
+    shift rule for a finite ``m``; a NaN anywhere makes its whole row NaN there too. It answers NaN
+    for rows whose max is infinite, where the SPEC gives the +inf entries ``1 / k`` each (``k`` of
+    them) and every other entry 0 (a row of -inf: all 0): those rows are overwritten. torch's sum is
+    sequential float32 (relative error ~1e-5 at 152,064 columns), which a 16-bit output's rounding
+    hides; float32 / float64 outputs and inputs take the chunked path.
+    """
+    out.copy_(torch.softmax(x, dim=1, dtype=torch.float32))
+    m = x.amax(dim=1, keepdim=True)  # NaN-propagating: a NaN row's max is NaN
+    inf_row = torch.isinf(m)
+    # +inf entries by their bits (a 16-bit integer compare is vectorised on every device; the
+    # CPU's float16 compare is not); only rows whose max is +inf or NaN can hold one
+    pinf = x.view(torch.int16) == _POS_INF_BITS[x.dtype]
+    k = pinf.view(torch.uint8).sum(dim=1, keepdim=True, dtype=torch.int32).clamp_min(1)
+    # the value of a +inf entry: 1 / k in a +inf row, NaN in a NaN row (nothing else holds +inf)
+    at_inf = torch.where(inf_row, 1.0 / k.to(torch.float32), float("nan")).to(out.dtype)
+    out.masked_fill_(inf_row, 0.0)
+    torch.where(pinf, at_inf, out, out=out)
+
+
 def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
     """Softmax (or log_softmax) of each row of 2-D ``x`` into ``out``, chunked."""
     acc = _accumulation_dtype(x, out)
     rows, cols = x.shape
+    fast_rows = CHUNK_BYTES // (cols * _FAST_BYTES_PER_ELEMENT)
+    if not log and x.dtype in _POS_INF_BITS and out.dtype in _POS_INF_BITS and fast_rows >= 1:
+        # 16-bit in and out: torch's softmax and a fix-up, in few large chunks (each op is a parallel
+        # region; many small ones cost more than the arithmetic, most of all on a busy machine)
+        for r0 in range(0, rows, fast_rows):
+            _softmax_rows_fast(x[r0 : r0 + fast_rows], out[r0 : r0 + fast_rows])
+        return
     row_chunk, col_chunk = chunks(rows, cols, acc.itemsize, x.device)
     for r0 in range(0, rows, row_chunk):
         xr, outr = x[r0 : r0 + row_chunk], out[r0 : r0 + row_chunk]

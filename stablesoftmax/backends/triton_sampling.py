@@ -40,6 +40,7 @@ import triton.language as tl
 
 from . import torch_sampling as _reference
 from .torch_softmax import _shifted
+from .triton_launch import launch_guard
 
 __all__ = ["sample_probs", "sample_rows"]
 
@@ -48,6 +49,13 @@ _BLOCK_GPU, _BLOCK_INTERP = 1024, 4096
 _TILE_GPU, _TILE_INTERP = 4096, 1 << 20
 # Columns per step of the threshold bisection loops.
 _FBLOCK_GPU, _FBLOCK_INTERP = 4096, 16384
+
+# Rows one threshold program bisects at once (short rows): each row's bisection state lives in
+# registers, and 512 rows per program spilled kilobytes per thread.
+_MAX_THRESHOLD_ROWS = 16
+# Register cap handed to ptxas for the threshold kernel: left alone, ptxas holds it to 64-72
+# registers (occupancy) and spills; the kernel is bound by its passes over the row, not by occupancy.
+_THRESHOLD_MAXNREG = 128
 
 # From this many samples per row on, blocks shrink towards sqrt(V) columns.
 _MANY_SAMPLES = 256
@@ -166,27 +174,30 @@ def _threshold_kernel(
     x_ptr, stride, n_rows, V, ws_max_ptr, nb, temp_ptr, topk_ptr, topp_ptr, thr_ptr,
     HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, R: tl.constexpr, FB: tl.constexpr, NB_P2: tl.constexpr,
 ):  # fmt: skip
+    # The bisection state is int32: keys lie in [key(-inf), key(0)] = [-2139095041, 0], so every
+    # ``hi - lo + 1`` fits (int64 state doubled the registers of every per-row value and spilled).
     rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
     rmask = rows < n_rows
     m, _ = _row_max(ws_max_ptr, rows, rmask, nb, NB_P2)
     t = tl.load(temp_ptr + rows, mask=rmask, other=1.0)
     tdiv = tl.where(t == 0.0, 1.0, t)[:, None]
     m2 = m[:, None]
-    thr = tl.full([R], -2147483648, tl.int64)
+    x_rows = x_ptr + rows[:, None] * stride
+    thr = tl.full([R], -2147483648, tl.int32)
     if HAS_TOPK:
         k = tl.load(topk_ptr + rows, mask=rmask, other=0)
-        lo = tl.full([R], -2139095041, tl.int64)  # key(-inf): count(key >= lo) = V >= k
-        hi = tl.zeros([R], tl.int64)  # key(0): z <= 0
+        lo = tl.full([R], -2139095041, tl.int32)  # key(-inf): count(key >= lo) = V >= k
+        hi = tl.zeros([R], tl.int32)  # key(0): z <= 0
         for _ in range(32):
             mid = lo + ((hi - lo + 1) >> 1)
-            cnt = tl.zeros([R], tl.int64)
+            cnt = tl.zeros([R], tl.int32)
             for c in range(0, V, FB):
                 cols = c + tl.arange(0, FB)
                 msk = rmask[:, None] & (cols[None, :] < V)
-                x = tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=msk, other=-float("inf"))
-                key = _key(_logit_z(x.to(tl.float32), m2, tdiv)).to(tl.int64)
-                cnt += tl.sum((msk & (key >= mid[:, None])).to(tl.int64), axis=1)
-            ok = cnt >= k
+                x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
+                key = _key(_logit_z(x.to(tl.float32), m2, tdiv))
+                cnt += tl.sum((msk & (key >= mid[:, None])).to(tl.int32), axis=1)
+            ok = cnt.to(tl.int64) >= k
             lo = tl.where(ok, mid, lo)
             hi = tl.where(ok, hi, mid - 1)
         thr = tl.where(k > 0, lo, thr)
@@ -196,27 +207,27 @@ def _threshold_kernel(
         for c in range(0, V, FB):
             cols = c + tl.arange(0, FB)
             msk = rmask[:, None] & (cols[None, :] < V)
-            x = tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=msk, other=-float("inf"))
+            x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
             z, w = _weights(x.to(tl.float32), m2, tdiv, thr[:, None], 0.0, True, False)
             total += tl.sum(w.to(tl.float64), axis=1)
         goal = p.to(tl.float64) * total
         lo = tl.maximum(thr, -2139095041)
-        hi = tl.zeros([R], tl.int64)
+        hi = tl.zeros([R], tl.int32)
         for _ in range(32):
             mid = lo + ((hi - lo) >> 1)
             mass = tl.zeros([R], tl.float64)
             for c in range(0, V, FB):
                 cols = c + tl.arange(0, FB)
                 msk = rmask[:, None] & (cols[None, :] < V)
-                x = tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=msk, other=-float("inf"))
+                x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
                 z, w = _weights(x.to(tl.float32), m2, tdiv, thr[:, None], 0.0, True, False)
-                above = _key(z).to(tl.int64) > mid[:, None]
+                above = _key(z) > mid[:, None]
                 mass += tl.sum(tl.where(above, w, 0.0).to(tl.float64), axis=1)
             ok = mass < goal
             hi = tl.where(ok, mid, hi)
             lo = tl.where(ok, lo, mid + 1)
         thr = tl.where(p < 1.0, lo, thr)
-    tl.store(thr_ptr + rows, thr.to(tl.int32), mask=rmask)
+    tl.store(thr_ptr + rows, thr, mask=rmask)
 
 
 @triton.jit
@@ -366,7 +377,9 @@ class _Plan:
         rows_p2 = _next_pow2(rows)
         self.R = max(1, min(rows_p2, tile // self.B))
         self.FB = min(fblock, _next_pow2(cols))
-        self.RF = max(1, min(rows_p2, fblock // self.FB))
+        # several short rows per threshold program: a tile of at most a quarter of a row step
+        # (1,024 elements on a GPU; a larger tile of short rows spilled at any register count)
+        self.RF = max(1, min(rows_p2, fblock // 4 // self.FB, _MAX_THRESHOLD_ROWS))
         self.SB = max(1, min(_next_pow2(num_samples), tile // max(self.B, self.NB_P2)))
 
 
@@ -412,73 +425,74 @@ def sample_rows(
     ``top_k_max`` serves only greedy rows without replacement (the reference's
     :func:`~.torch_sampling.greedy_order`); the bisection does not need it.
     """
-    rows, cols = logits.shape
-    if rows == 0:
-        return
-    if logits.dtype == torch.float64:
-        _reference.sample_rows(
-            logits, temperature, top_k, top_p, min_p, seed, row_id, offset, num_samples, replacement,
-            tokens, logprobs, top_k_max=top_k_max,
-        )  # fmt: skip
-        return
-    device = logits.device
-    seed, row_id, offset = seed.contiguous(), row_id.contiguous(), offset.contiguous()
-    plan = _Plan(rows, cols, num_samples, device)
-    ws = _workspace(rows, plan, device, stats=True)
-    stride = logits.stride(0)
-    temperature = temperature.contiguous()
-    _stats_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
-        logits, stride, rows, cols, ws["max"], ws["arg"], plan.nb, R=plan.R, B=plan.B
-    )
-    has_thr = top_k is not None or top_p is not None
-    thr = None
-    if has_thr:
-        thr = torch.empty(rows, dtype=torch.int32, device=device)
-        _threshold_kernel[(triton.cdiv(rows, plan.RF),)](
-            logits, stride, rows, cols, ws["max"], plan.nb, temperature,
-            top_k.contiguous() if top_k is not None else temperature,
-            top_p.contiguous() if top_p is not None else temperature,
-            thr, HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None,
-            R=plan.RF, FB=plan.FB, NB_P2=plan.NB_P2,
-        )  # fmt: skip
-    minp = min_p.contiguous() if min_p is not None else temperature
-    thr_arg = thr if thr is not None else temperature
-    keys = None
-    if not replacement:
-        keys = torch.empty((rows, cols), dtype=torch.float32, device=device)
-    _block_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
-        logits, stride, rows, cols, ws["max"], plan.nb, temperature, thr_arg, minp,
-        seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else ws["sum"],
-        IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
-        RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
-    )  # fmt: skip
-    if replacement:
-        lp = logprobs if logprobs is not None else tokens
-        _draw_kernel[(rows, triton.cdiv(num_samples, plan.SB))](
-            logits, stride, cols, num_samples, ws["max"], ws["arg"], ws["sum"], ws["last"], plan.nb,
-            temperature, thr_arg, minp, seed, row_id, offset, tokens, lp,
+    with launch_guard(logits):  # every launch on the input's device and its current stream
+        rows, cols = logits.shape
+        if rows == 0:
+            return
+        if logits.dtype == torch.float64:
+            _reference.sample_rows(
+                logits, temperature, top_k, top_p, min_p, seed, row_id, offset, num_samples, replacement,
+                tokens, logprobs, top_k_max=top_k_max,
+            )  # fmt: skip
+            return
+        device = logits.device
+        seed, row_id, offset = seed.contiguous(), row_id.contiguous(), offset.contiguous()
+        plan = _Plan(rows, cols, num_samples, device)
+        ws = _workspace(rows, plan, device, stats=True)
+        stride = logits.stride(0)
+        temperature = temperature.contiguous()
+        _stats_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
+            logits, stride, rows, cols, ws["max"], ws["arg"], plan.nb, R=plan.R, B=plan.B
+        )
+        has_thr = top_k is not None or top_p is not None
+        thr = None
+        if has_thr:
+            thr = torch.empty(rows, dtype=torch.int32, device=device)
+            _threshold_kernel[(triton.cdiv(rows, plan.RF),)](
+                logits, stride, rows, cols, ws["max"], plan.nb, temperature,
+                top_k.contiguous() if top_k is not None else temperature,
+                top_p.contiguous() if top_p is not None else temperature,
+                thr, HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None,
+                R=plan.RF, FB=plan.FB, NB_P2=plan.NB_P2, maxnreg=_THRESHOLD_MAXNREG,
+            )  # fmt: skip
+        minp = min_p.contiguous() if min_p is not None else temperature
+        thr_arg = thr if thr is not None else temperature
+        keys = None
+        if not replacement:
+            keys = torch.empty((rows, cols), dtype=torch.float32, device=device)
+        _block_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
+            logits, stride, rows, cols, ws["max"], plan.nb, temperature, thr_arg, minp,
+            seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else ws["sum"],
             IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
-            WANT_LP=logprobs is not None, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+            RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
         )  # fmt: skip
-        return
-    # without replacement: the race's n largest keys, then the row rules (sync-free torch ops)
-    assert keys is not None
-    drawn = _race_select(keys, num_samples)
-    bm = ws["max"]
-    has_nan = torch.isnan(bm).any(dim=1, keepdim=True)
-    m = torch.where(torch.isnan(bm), -math.inf, bm).amax(dim=1, keepdim=True)
-    greedy = (temperature == 0)[:, None]
-    # greedy rows: the n largest logits in order (the reference's rule, sync-free torch ops)
-    greedy_tok = torch.where(m > -math.inf, _reference.greedy_order(logits, m, top_k, top_k_max, num_samples), -1)
-    chosen = torch.where(greedy, greedy_tok, drawn)
-    chosen = torch.where(has_nan, -1, chosen)
-    tokens.copy_(chosen)
-    if logprobs is not None:
-        total = ws["sum"].sum(dim=1, keepdim=True)
-        x = logits.gather(1, chosen.clamp_min(0)).float()
-        z = _shifted(x, m, torch.float32) / torch.where(greedy, 1.0, temperature[:, None])
-        picked = torch.where(greedy, 0.0, z.to(torch.float64) - torch.log(total))
-        logprobs.copy_(torch.where(chosen >= 0, picked, math.nan))
+        if replacement:
+            lp = logprobs if logprobs is not None else tokens
+            _draw_kernel[(rows, triton.cdiv(num_samples, plan.SB))](
+                logits, stride, cols, num_samples, ws["max"], ws["arg"], ws["sum"], ws["last"], plan.nb,
+                temperature, thr_arg, minp, seed, row_id, offset, tokens, lp,
+                IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
+                WANT_LP=logprobs is not None, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+            )  # fmt: skip
+            return
+        # without replacement: the race's n largest keys, then the row rules (sync-free torch ops)
+        assert keys is not None
+        drawn = _race_select(keys, num_samples)
+        bm = ws["max"]
+        has_nan = torch.isnan(bm).any(dim=1, keepdim=True)
+        m = torch.where(torch.isnan(bm), -math.inf, bm).amax(dim=1, keepdim=True)
+        greedy = (temperature == 0)[:, None]
+        # greedy rows: the n largest logits in order (the reference's rule, sync-free torch ops)
+        greedy_tok = torch.where(m > -math.inf, _reference.greedy_order(logits, m, top_k, top_k_max, num_samples), -1)
+        chosen = torch.where(greedy, greedy_tok, drawn)
+        chosen = torch.where(has_nan, -1, chosen)
+        tokens.copy_(chosen)
+        if logprobs is not None:
+            total = ws["sum"].sum(dim=1, keepdim=True)
+            x = logits.gather(1, chosen.clamp_min(0)).float()
+            z = _shifted(x, m, torch.float32) / torch.where(greedy, 1.0, temperature[:, None])
+            picked = torch.where(greedy, 0.0, z.to(torch.float64) - torch.log(total))
+            logprobs.copy_(torch.where(chosen >= 0, picked, math.nan))
 
 
 def sample_probs(
@@ -492,33 +506,34 @@ def sample_probs(
 ) -> None:
     """Draw from rows of weights into ``tokens``; a row holding a negative, NaN or infinite entry, or
     summing to zero, gets ``-1`` (as do draws past a row's non-zero entries without replacement)."""
-    rows, cols = probs.shape
-    if rows == 0:
-        return
-    device = probs.device
-    seed, row_id, offset = seed.contiguous(), row_id.contiguous(), offset.contiguous()
-    acc_f64 = probs.dtype == torch.float64
-    plan = _Plan(rows, cols, num_samples, device)
-    ws = _workspace(rows, plan, device, stats=False)
-    stride = probs.stride(0)
-    keys = None
-    if not replacement:
-        keys = torch.empty((rows, cols), dtype=torch.float64 if acc_f64 else torch.float32, device=device)
-    dummy = ws["sum"]
-    _block_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
-        probs, stride, rows, cols, dummy, plan.nb, dummy, dummy, dummy,
-        seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else dummy,
-        IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
-        RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
-    )  # fmt: skip
-    if replacement:
-        _draw_kernel[(rows, triton.cdiv(num_samples, plan.SB))](
-            probs, stride, cols, num_samples, dummy, dummy, ws["sum"], ws["last"], plan.nb,
-            dummy, dummy, dummy, seed, row_id, offset, tokens, tokens,
+    with launch_guard(probs):  # every launch on the input's device and its current stream
+        rows, cols = probs.shape
+        if rows == 0:
+            return
+        device = probs.device
+        seed, row_id, offset = seed.contiguous(), row_id.contiguous(), offset.contiguous()
+        acc_f64 = probs.dtype == torch.float64
+        plan = _Plan(rows, cols, num_samples, device)
+        ws = _workspace(rows, plan, device, stats=False)
+        stride = probs.stride(0)
+        keys = None
+        if not replacement:
+            keys = torch.empty((rows, cols), dtype=torch.float64 if acc_f64 else torch.float32, device=device)
+        dummy = ws["sum"]
+        _block_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
+            probs, stride, rows, cols, dummy, plan.nb, dummy, dummy, dummy,
+            seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else dummy,
             IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
-            WANT_LP=False, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+            RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
         )  # fmt: skip
-        return
-    assert keys is not None
-    invalid = torch.isnan(ws["sum"]).any(dim=1, keepdim=True)
-    tokens.copy_(torch.where(invalid, -1, _race_select(keys, num_samples)))
+        if replacement:
+            _draw_kernel[(rows, triton.cdiv(num_samples, plan.SB))](
+                probs, stride, cols, num_samples, dummy, dummy, ws["sum"], ws["last"], plan.nb,
+                dummy, dummy, dummy, seed, row_id, offset, tokens, tokens,
+                IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
+                WANT_LP=False, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+            )  # fmt: skip
+            return
+        assert keys is not None
+        invalid = torch.isnan(ws["sum"]).any(dim=1, keepdim=True)
+        tokens.copy_(torch.where(invalid, -1, _race_select(keys, num_samples)))
