@@ -170,12 +170,6 @@ def test_torch_backend_softmax_batch_and_position():
                             assert torch.equal(got[pos], want), (cols, dtype, op.__name__, out_dtype, batch, pos)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="torch backend: a lone float32 row's sum is a torch reduction that torch splits across its threads "
-    "(torch_softmax.softmax_forward: e.sum(dim=1)), so 1 and 2 threads give different last bits",
-)
 def test_torch_backend_softmax_threads():
     """The same row alone on 1, 2 and 4 threads (the SPEC's "thread count") on the torch backend: four
     float32 rows of 65,536, each alone (whether the two sums round alike depends on the data)."""

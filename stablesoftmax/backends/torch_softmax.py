@@ -68,10 +68,26 @@ def _shifted(x: torch.Tensor, m: torch.Tensor, acc: torch.dtype) -> torch.Tensor
     return torch.where(inf_row, torch.where(shifted == float("inf"), 0.0, -float("inf")), shifted)
 
 
+_SUM_BLOCK = 512
+
+
+def _row_sum(t: torch.Tensor) -> torch.Tensor:
+    """Per-row sums (keepdim) in a fixed order: 512-entry blocks, then the blocks in order. A plain
+    ``t.sum(dim=1)`` of a lone long row is split across torch's threads, so its last bits would depend on
+    ``torch.get_num_threads()``; a block is always summed by one thread and the block sums are few."""
+    rows, cols = t.shape
+    full = cols // _SUM_BLOCK * _SUM_BLOCK
+    if full == 0:
+        return t.sum(dim=1, keepdim=True)
+    blocks = t[:, :full].reshape(rows, full // _SUM_BLOCK, _SUM_BLOCK).sum(dim=2)
+    total = blocks.sum(dim=1, keepdim=True)
+    return total + t[:, full:].sum(dim=1, keepdim=True) if full < cols else total
+
+
 def _ones_and_rest(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: how many ``e_i`` are exactly 1, and the sum of the others (NaN lands there)."""
     is_one = e == 1
-    return is_one.to(e.dtype).sum(dim=1, keepdim=True), e.masked_fill(is_one, 0).sum(dim=1, keepdim=True)
+    return _row_sum(is_one.to(e.dtype)), _row_sum(e.masked_fill(is_one, 0))
 
 
 def _total(ones: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +156,7 @@ def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
                 _finish(s, _total(*_ones_and_rest(s.exp())), outr, log)
             else:  # only log_softmax needs the k + T split of the sum
                 e = s.exp_()
-                total = e.sum(dim=1, keepdim=True)
+                total = _row_sum(e)
                 outr.copy_(e.div_(torch.where(total == 0, 1.0, total)))
             continue
         ones, rest = torch.zeros_like(m), torch.zeros_like(m)
@@ -164,5 +180,5 @@ def softmax_backward(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, log
     for r0 in range(0, rows, row_chunk):
         yf = y[r0 : r0 + row_chunk].to(acc)
         gf = grad[r0 : r0 + row_chunk].to(acc)
-        result = gf - yf.exp() * gf.sum(dim=1, keepdim=True) if log else yf * (gf - (gf * yf).sum(dim=1, keepdim=True))
+        result = gf - yf.exp() * _row_sum(gf) if log else yf * (gf - _row_sum(gf * yf))
         out[r0 : r0 + row_chunk].copy_(result)
