@@ -21,6 +21,16 @@ SSM_VEC_INLINE VF reduce_ln2(VF x, VF n) {
   return fnmadd(n, vset(1.42860682030941723e-06f), r);
 }
 
+// p * 2^n for an integral n in [-150, 128], as p * 2^a * 2^b with a + b = n: both factors are normal numbers,
+// so the first product is exact and only the last one rounds (also when the result is subnormal).
+SSM_VEC_INLINE VF scale_pow2(VF p, VF n) {
+  const VI ni = cvt_int(n);
+  const VI a = isra<1>(ni);
+  const VI b = isub(ni, a);
+  const VI bias = iset(127);
+  return mul(mul(p, as_float(ishl<23>(iadd(a, bias)))), as_float(ishl<23>(iadd(b, bias))));
+}
+
 // exp(x), ~1-2 ulp over the whole range, subnormal results exact-rounded: x = n*ln2 + r, e^r by a
 // degree-7 Taylor polynomial (truncation < 1e-8 relative), then e^r * 2^a * 2^b with a + b = n: both
 // factors are normal numbers, so the first product is exact and only the last one rounds (also when the
@@ -30,14 +40,7 @@ SSM_VEC_INLINE VF exp_exact(VF x) {
   x = vmin(vset(88.8f), x);
   x = vmax(vset(-104.0f), x);
   const VF n = round_even(mul(x, vset(1.44269504088896341f)));
-  const VF p = exp_taylor<7>(reduce_ln2(x, n));
-  const VI ni = cvt_int(n);
-  const VI a = isra<1>(ni);
-  const VI b = isub(ni, a);
-  const VI bias = iset(127);
-  const VF sa = as_float(ishl<23>(iadd(a, bias)));
-  const VF sb = as_float(ishl<23>(iadd(b, bias)));
-  return mul(mul(p, sa), sb);
+  return scale_pow2(exp_taylor<7>(reduce_ln2(x, n)), n);
 }
 
 // exp for values that end in a sum, a float32 output or a float16 output, where results below 2^-125 do
@@ -79,14 +82,7 @@ inline VF exp_sampling_wide(VF x) {
   const VF n = round_even(mul(xc, vset(1.44269504088896341f)));
   VF r = fnmadd(n, vset(0.693359375f), xc);
   r = fnmadd(n, vset(-2.12194440e-4f), r);
-  const VF y = exp_sampling_poly(r);
-  const VI ni = cvt_int(n);
-  const VI n1 = isra<1>(ni);
-  const VI n2 = isub(ni, n1);
-  const VI bias = iset(127);
-  const VF s1 = as_float(ishl<23>(iadd(n1, bias)));
-  const VF s2 = as_float(ishl<23>(iadd(n2, bias)));
-  return keep(ge(x, vset(kZCut)), mul(mul(y, s1), s2));
+  return keep(ge(x, vset(kZCut)), scale_pow2(exp_sampling_poly(r), n));
 }
 
 // kNonPos: the caller guarantees x <= 0 (or -inf / NaN), which saves the upper range check.
