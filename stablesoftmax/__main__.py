@@ -105,7 +105,10 @@ def _out_dir(path: str) -> Path:
     """The directory to write into; never the committed bench/results/ of the source tree."""
     out = Path(path).expanduser()
     committed = Path(__file__).resolve().parent.parent / "bench" / "results"
-    if out.resolve() == committed.resolve():
+    # Also a checkout's bench/results/ when this is an installed copy (a wheel) run in or on a clone.
+    where = out.resolve()
+    in_checkout = where.parts[-2:] == ("bench", "results") and (where.parents[1] / "stablesoftmax").is_dir()
+    if where == committed.resolve() or in_checkout:
         raise _UsageError(
             f"--out {path}: that is the committed bench/results/; to update it on purpose run "
             "python bench/bench_softmax.py --update-results"

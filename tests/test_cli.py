@@ -349,6 +349,16 @@ def test_bench_never_writes_over_the_committed_results(capsys) -> None:
     assert "committed bench/results" in capsys.readouterr().err
 
 
+def test_bench_never_writes_over_a_checkouts_results(tmp_path: Path, capsys) -> None:
+    # An installed copy (a wheel) run on a clone: its own bench/results/ is elsewhere, the clone's is still refused.
+    clone = tmp_path / "clone"
+    (clone / "stablesoftmax").mkdir(parents=True)
+    (clone / "bench" / "results").mkdir(parents=True)
+    assert main(["bench", "--out", str(clone / "bench" / "results")]) == 2
+    assert "committed bench/results" in capsys.readouterr().err
+    assert not any((clone / "bench" / "results").iterdir())
+
+
 def _fake_results(impl_ms: float) -> list:
     from stablesoftmax._bench import Result
 
