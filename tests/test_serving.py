@@ -131,11 +131,18 @@ def test_long_loop_of_mixed_calls_keeps_memory_bounded():
         for i in range(20):
             step(i)
         gc.collect(); base = rss_mib()
-        for i in range(20, 420):
+        for i in range(20, 220):
+            step(i)
+        gc.collect(); mid = rss_mib()
+        for i in range(220, 420):
             step(i)
         gc.collect(); end = rss_mib()
-        print(f"rss {base:.0f} -> {end:.0f} MiB")
-        assert end - base < 64, (base, end)
+        print(f"rss {base:.0f} -> {mid:.0f} -> {end:.0f} MiB")
+        # A leak grows with the calls: the second 200 add (almost) nothing. The allocator settles over
+        # the first ones (glibc raises its mmap threshold after large frees, per-thread arenas appear
+        # as the pool's threads first allocate), which the looser bound allows.
+        assert end - mid < 24, (base, mid, end)
+        assert end - base < 96, (base, mid, end)
     """
     done = _run_child(code, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
