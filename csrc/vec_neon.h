@@ -125,6 +125,8 @@ inline void mul_hilo(VI a, std::uint32_t m, VI& hi, VI& lo) {
 }
 inline VI iota(std::uint32_t base) { return vreinterpretq_s32_u32(vaddq_u32(vdupq_n_u32(base), lane_index())); }
 inline void store_u32(std::uint32_t* p, VI v) { vst1q_u32(p, vreinterpretq_u32_s32(v)); }
+// Called when a kernel returns to code of another ISA (vec_avx512.h needs it; nothing to do here).
+inline void leave_isa() {}
 
 }  // namespace neon
 }  // namespace ssm
