@@ -162,7 +162,31 @@ def _random_stream(
     batch: torch.Size,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Philox key per row, counter row id per row, offset per row (all int64)."""
+    """Philox key per row, counter row id per row, offset per row (all int64).
+
+    An int ``seed`` and int ``offset`` (the decoding case) are answered from a cache of read-only tensors (never
+    inside a CUDA-graph capture).
+    """
+    if seed.__class__ is int and offset.__class__ is int and generator is None and not _capturing(device):
+        return _cached_stream(seed, offset, rows, device)
+    return _checked_stream(seed, offset, generator, rows, batch, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_stream(seed: int, offset: int, rows: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """:func:`_checked_stream` for a Python int seed and offset (the batch shape does not matter for scalars)."""
+    return _checked_stream(seed, offset, None, rows, (rows,), device)
+
+
+def _checked_stream(
+    seed: RowParam | None,
+    offset: RowParam,
+    generator: torch.Generator | None,
+    rows: int,
+    batch: torch.Size | tuple[int, ...],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_random_stream` without its cache."""
     if seed is not None and generator is not None:
         raise StableSoftmaxError("pass seed or generator, not both")
     if isinstance(offset, torch.Tensor):
@@ -204,7 +228,7 @@ def _raise_for_bad_rows(
     x: torch.Tensor, tokens: torch.Tensor, num_samples: int, replacement: bool, has_filters: bool
 ) -> None:
     """Turn the kernels' -1 into the SPEC's error (one device sync, only when validating)."""
-    if int(tokens.min()) >= 0:
+    if (tokens.item() if tokens.numel() == 1 else int(tokens.min())) >= 0:  # item(): one token, no reduction
         return
     bad = (tokens < 0).any(dim=1)
     op = "sample_from_logits"
@@ -255,6 +279,32 @@ def _check_range(value: RowParam, name: str, low: float, high: float, low_open: 
         raise StableSoftmaxError(f"{name} must lie in {bracket}{low}, {high}], got {shown}")
 
 
+_PLAIN = frozenset((int, float))  # exact Python scalar types; bool, NumPy scalars and tensors take the general path
+
+
+def _plain(value: Any) -> bool:
+    """A Python ``int`` or ``float`` (not a subclass such as ``bool``): safe to key a cache by."""
+    return value.__class__ in _PLAIN
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_filter_params(
+    temperature: float | int,
+    top_k: int | None,
+    top_p: float | int | None,
+    min_p: float | int | None,
+    rows: int,
+    device: torch.device,
+    vocab: int | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, int | None, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`_checked_filter_params` for Python scalars, one entry per distinct call (a decoding loop repeats them).
+
+    Only results are cached: a bad value raises on every call. ``validate`` and the batch shape do not change the
+    result for scalars (a scalar is always checked, and broadcast to ``rows`` entries).
+    """
+    return _checked_filter_params(temperature, top_k, top_p, min_p, rows, (rows,), device, vocab, False)
+
+
 def _filter_params(
     temperature: RowParam,
     top_k: RowParam | None,
@@ -270,7 +320,33 @@ def _filter_params(
     ``top_p`` and ``min_p`` (float32), in the SPEC's order; ``None`` where a filter is off. A ``top_k`` of 0 or
     ``>= vocab`` is off (``vocab`` None: not known here, only 0 is). Shared by :func:`sample_from_logits` and
     :mod:`stablesoftmax.distributed`.
+
+    Python ``int`` / ``float`` parameters (the decoding case) are answered from a cache: the tensors are read-only
+    and the same for the same scalars (never inside a CUDA-graph capture, where a tensor must be made afresh).
     """
+    if (
+        _plain(temperature)
+        and (top_k is None or top_k.__class__ is int)
+        and (top_p is None or _plain(top_p))
+        and (min_p is None or _plain(min_p))
+        and not _capturing(device)
+    ):
+        return _cached_filter_params(temperature, top_k, top_p, min_p, rows, device, vocab)
+    return _checked_filter_params(temperature, top_k, top_p, min_p, rows, batch, device, vocab, validate)
+
+
+def _checked_filter_params(
+    temperature: RowParam,
+    top_k: RowParam | None,
+    top_p: RowParam | None,
+    min_p: RowParam | None,
+    rows: int,
+    batch: tuple[int, ...],
+    device: torch.device,
+    vocab: int | None,
+    validate: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, int | None, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`_filter_params` without its cache: checks every parameter and builds the tensors."""
     _check_range(temperature, "temperature", 0.0, math.inf, False, validate)
     temp = _per_row(temperature, rows, batch, device, torch.float32, "temperature")
     if isinstance(temperature, torch.Tensor):  # unchecked bad values: a -1 row, not a wrong answer
@@ -423,34 +499,45 @@ def sample_from_logits(
         )  # fmt: skip
     op = "sample_from_logits"
     _check_tensor(logits, op, "logits")
-    num_samples = _check_num_samples(num_samples, op)
-    _check_bool(replacement, f"{op}(): replacement")
-    _check_bool(return_logprobs, f"{op}(): return_logprobs")
-    _check_bool(validate, f"{op}(): validate")
-    _check_generator(generator, op)
-    temperature = _real_param(temperature, "temperature")
-    top_p = None if top_p is None else _real_param(top_p, "top_p")
-    min_p = None if min_p is None else _real_param(min_p, "min_p")
+    # Python ints / floats / bools (the decoding loop's arguments) are checked inline, anything else by the helpers
+    if num_samples.__class__ is not int or num_samples < 1:
+        num_samples = _check_num_samples(num_samples, op)
+    if replacement.__class__ is not bool:
+        _check_bool(replacement, f"{op}(): replacement")
+    if return_logprobs.__class__ is not bool:
+        _check_bool(return_logprobs, f"{op}(): return_logprobs")
+    if validate.__class__ is not bool:
+        _check_bool(validate, f"{op}(): validate")
+    if generator is not None:
+        _check_generator(generator, op)
+    if temperature.__class__ is not float:
+        temperature = _real_param(temperature, "temperature")
+    if top_p is not None and top_p.__class__ is not float:
+        top_p = _real_param(top_p, "top_p")
+    if min_p is not None and min_p.__class__ is not float:
+        min_p = _real_param(min_p, "min_p")
     if isinstance(top_k, torch.Tensor):
         _check_param_tensor(top_k, "top_k", integer=True)
     elif top_k is not None:
-        top_k = _as_int(top_k, "top_k")
+        if top_k.__class__ is not int:
+            top_k = _as_int(top_k, "top_k")
         if top_k < 0:
             raise StableSoftmaxError(f"top_k must be a non-negative int or an int tensor, got {top_k!r}")
-    if logits.ndim == 0 or logits.shape[-1] == 0:
-        raise StableSoftmaxError(f"{op}(): logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
-    vocab = logits.shape[-1]
+    shape = logits.shape
+    if len(shape) == 0 or shape[-1] == 0:
+        raise StableSoftmaxError(f"{op}(): logits must have shape (..., V) with V >= 1, got {tuple(shape)}")
+    vocab = shape[-1]
     if not replacement and num_samples > vocab:
         raise StableSoftmaxError(
             f"{op}(): cannot draw {num_samples} samples without replacement from {vocab} categories"
         )
-    batch = logits.shape[:-1]
-    rows = math.prod(batch)
+    batch = shape[:-1]
+    rows = batch[0] if len(batch) == 1 else math.prod(batch)
     device = logits.device
     if rows == 0 or device.type == "meta":  # nothing to draw, or no data to draw from: shapes only
         empty = torch.empty((*batch, num_samples), dtype=torch.int64, device=device)
         return (empty, empty.float()) if return_logprobs else empty
-    x = logits.reshape(rows, vocab)
+    x = logits if len(shape) == 2 else logits.reshape(rows, vocab)
     if x.stride(1) != 1:
         x = x.contiguous()
 
@@ -469,9 +556,12 @@ def sample_from_logits(
     if validate:
         has_filters = any(t is not None for t in (k_tensor, p_tensor, minp_tensor))
         _raise_for_bad_rows(x, tokens, num_samples, replacement, has_filters)
-    tokens = tokens.view(*batch, num_samples)
+    if len(shape) != 2:
+        tokens = tokens.view(*batch, num_samples)
+        if logprobs is not None:
+            logprobs = logprobs.view(*batch, num_samples)
     if logprobs is not None:
-        return tokens, logprobs.view(*batch, num_samples)
+        return tokens, logprobs
     return tokens
 
 
