@@ -229,19 +229,22 @@ def _fwd_fused_kernel(
 
 
 @triton.jit
-def _chunk_partial(x_row, begin, chunk, cols, BLOCK: tl.constexpr, ACC_F64: tl.constexpr):
-    """The partial (max, count at the max, sum below it, +inf count) of ``x_row[begin:begin + chunk]``.
+def _chunk_partial(x_row, begin, cols, BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, ACC_F64: tl.constexpr):
+    """The partial (max, count at the max, sum below it, +inf count) of the chunk of
+    ``CHUNK_BLOCKS`` blocks at ``begin``.
 
     The one code both the looped and the split path run per chunk (same blocks, same lane
-    state, same reduction), so that their partials are bitwise the same.
+    state, same reduction), so that their partials are bitwise the same. The block count is
+    a constant, so that the usual one-block chunk compiles to straight-line code (a loop
+    carried across the looped kernel's chunk loop spilled on sm_90).
     """
     lane = tl.arange(0, BLOCK)
     m_vec = _acc(tl.full([BLOCK], -float("inf"), tl.float32), ACC_F64)
     c_vec = _acc(tl.zeros([BLOCK], tl.float32), ACC_F64)
     d_vec = _acc(tl.zeros([BLOCK], tl.float32), ACC_F64)
     k_vec = tl.zeros([BLOCK], tl.int32)
-    for off in range(0, chunk, BLOCK):
-        col = begin + off + lane
+    for j in range(0, CHUNK_BLOCKS):
+        col = begin + j * BLOCK + lane
         x = tl.load(x_row + col, mask=col < cols, other=-float("inf"), eviction_policy="evict_last")
         m_vec, c_vec, d_vec, k_vec = _online_update(_acc(x, ACC_F64), m_vec, c_vec, d_vec, k_vec)
     m, c, d = _combine(m_vec, c_vec, d_vec)
@@ -275,14 +278,15 @@ def _row_normaliser(ws_row, n_split, SPLIT_P2: tl.constexpr):
 @triton.jit
 def _fwd_looped_kernel(
     x_ptr, out_ptr, ws_ptr, cols, x_stride, out_stride, chunk, n_split, pid0,
-    BLOCK: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr,
+    ACC_F64: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
     x_row = x_ptr + row * x_stride
     out_row = out_ptr + row * out_stride
     ws_row = ws_ptr + row * n_split * 4
     for part in range(0, n_split):
-        m, c, d, k = _chunk_partial(x_row, part * chunk, chunk, cols, BLOCK, ACC_F64)
+        m, c, d, k = _chunk_partial(x_row, part * chunk, cols, BLOCK, CHUNK_BLOCKS, ACC_F64)
         _store_partial(ws_row + part * 4, m, c, d, k)
     tl.debug_barrier()  # the partials stored above, visible to every thread of the program
     m_eff, s_eff, log_s, has_nan = _row_normaliser(ws_row, n_split, SPLIT_P2)
@@ -299,11 +303,11 @@ def _fwd_looped_kernel(
 @triton.jit
 def _fwd_split_stats_kernel(
     x_ptr, ws_ptr, cols, x_stride, chunk, n_split, pid0, pid1,
-    BLOCK: tl.constexpr, ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, ACC_F64: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
     part = tl.program_id(1) + pid1
-    m, c, d, k = _chunk_partial(x_ptr + row * x_stride, part * chunk, chunk, cols, BLOCK, ACC_F64)
+    m, c, d, k = _chunk_partial(x_ptr + row * x_stride, part * chunk, cols, BLOCK, CHUNK_BLOCKS, ACC_F64)
     _store_partial(ws_ptr + (row * n_split + part) * 4, m, c, d, k)
 
 
@@ -520,14 +524,15 @@ def softmax_forward(
             for grid, (pid0,) in grid_pieces((rows,)):
                 _fwd_looped_kernel[grid](
                     x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split, pid0,
-                    BLOCK=plan.block, SPLIT_P2=split_p2, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                    BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, SPLIT_P2=split_p2, LOG=log,
+                    ACC_F64=acc_f64, num_warps=plan.num_warps,
                 )  # fmt: skip
             return
         pieces = grid_pieces((rows, plan.split))
         for grid, (pid0, pid1) in pieces:
             _fwd_split_stats_kernel[grid](
                 x, ws, cols, x.stride(0), plan.chunk, plan.split, pid0, pid1,
-                BLOCK=plan.block, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, ACC_F64=acc_f64, num_warps=plan.num_warps,
             )  # fmt: skip
         for grid, (pid0, pid1) in pieces:
             _fwd_split_write_kernel[grid](
