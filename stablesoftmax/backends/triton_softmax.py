@@ -81,6 +81,10 @@ _FUSED_TILE = 4096
 _FALLBACK_SMS = 4
 #: Programs per multiprocessor the split decision aims for.
 _PROGRAMS_PER_SM = 4
+#: Register cap handed to ptxas for the looped forward kernel with float32 accumulation: left alone,
+#: ptxas aimed at three 16-warp programs per SM on sm_90 (40 registers) and spilled; 64 keeps two, as
+#: before, with no spill. (float64 accumulation needs ~150 registers and keeps ptxas's choice.)
+_LOOPED_MAXNREG = 64
 
 
 # --------------------------------------------------------------------------- kernels
@@ -526,6 +530,7 @@ def softmax_forward(
                     x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split, pid0,
                     BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, SPLIT_P2=split_p2, LOG=log,
                     ACC_F64=acc_f64, num_warps=plan.num_warps,
+                    maxnreg=None if acc_f64 else _LOOPED_MAXNREG,
                 )  # fmt: skip
             return
         pieces = grid_pieces((rows, plan.split))
