@@ -236,11 +236,12 @@ def test_sampling_cut_grids_give_the_same_tokens(monkeypatch, tiny_limits, gen, 
     # small blocks and tiles so that a 5 x 1000 call has several row groups, blocks and sample groups
     monkeypatch.setattr(T, "_BLOCK_INTERP", 128)
     monkeypatch.setattr(T, "_TILE_INTERP", 256)
-    monkeypatch.setattr(T, "_FBLOCK_INTERP", 256)
+    monkeypatch.setattr(T, "_FBLOCK_INTERP", 1024)  # one step per bisection pass, one row per program
     logits = torch.randn(5, 1000, generator=gen).mul_(3).half().to(DEVICE)
     n = 20 if replacement else 6
     plan = T._Plan(5, 1000, n, logits.device)
     assert triton.cdiv(5, plan.R) > 2 and plan.nb > 2 and (not replacement or triton.cdiv(n, plan.SB) > 2), vars(plan)
+    assert plan.RF == 1  # five threshold programs: three pieces
     want = _draws(logits, n, replacement, top_k)
     tiny_limits()
     got = _draws(logits, n, replacement, top_k)
