@@ -6,6 +6,11 @@ whatever device the tensors live on. With logits on ``cuda:1`` and ``cuda:0`` cu
 enters :func:`launch_guard` for its input first: inside it the input's device is current,
 so the launch goes to that device and to the stream the caller made current there
 (``torch.cuda.stream`` is per device). Off CUDA (the interpreter) it does nothing.
+
+:func:`grid_pieces` keeps every launch within CUDA's grid limits (x <= 2**31 - 1, y and z
+<= 65,535): a grid past them is cut into pieces launched one after the other, each kernel
+adding the piece's program-id offsets, so every program does the work it would have done
+in the one oversized grid (results unchanged; one piece for every usual shape).
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import contextlib
 
 import torch
 
-__all__ = ["launch_guard"]
+__all__ = ["MAX_GRID_X", "MAX_GRID_YZ", "grid_pieces", "launch_guard"]
+
+#: CUDA's limits on a launch grid: x up to 2**31 - 1 programs, y and z up to 65,535.
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_YZ = 65535
 
 
 def _cuda_index(t: torch.Tensor) -> int | None:
@@ -34,3 +43,28 @@ def launch_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     if index is None:
         return contextlib.nullcontext()
     return torch.cuda.device(index)
+
+
+def grid_pieces(grid: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Cut ``grid`` into sub-grids within CUDA's limits, each with its program-id offsets.
+
+    Parameters
+    ----------
+    grid : tuple of int
+        The launch grid as the planner wants it (1 to 3 dimensions, each >= 0).
+
+    Returns
+    -------
+    list of (tuple of int, tuple of int)
+        ``(sub_grid, offsets)`` pairs in launch order, both as long as ``grid``: a piece's
+        program ``p`` does the work of program ``p + offsets`` of ``grid``. A grid within
+        the limits (every usual shape) comes back as the one piece ``(grid, (0, ...))``.
+        The limits are read at call time (:data:`MAX_GRID_X`, :data:`MAX_GRID_YZ`), so that
+        tests can lower them to exercise the cut in the interpreter.
+    """
+    limits = (MAX_GRID_X, MAX_GRID_YZ, MAX_GRID_YZ)[: len(grid)]
+    pieces: list[tuple[tuple[int, ...], tuple[int, ...]]] = [((), ())]
+    for size, limit in zip(grid, limits):
+        spans = [(start, min(limit, size - start)) for start in range(0, size, limit)] or [(0, 0)]
+        pieces = [((*g, n), (*o, start)) for g, o in pieces for start, n in spans]
+    return pieces

@@ -28,6 +28,11 @@ workspace (the reference's selection), followed by a few sync-free torch ops.
 ``sample_probs`` runs ``_block_kernel`` / ``_draw_kernel`` in their probability mode.
 float64 logits are handed to the torch reference (its float64 keys would need 64-bit
 bisection; nobody samples float64 logits on a GPU hot path).
+
+Every launch goes through :func:`~.triton_launch.grid_pieces`: a grid past CUDA's limits
+(``nb > 65,535`` blocks, for more than ~67 million categories, or ``cdiv(n, SB) > 65,535``
+sample groups, for more than ~524,000 samples at a 152,064 vocabulary) is launched as
+several pieces, each kernel adding its piece's program-id offsets (``pid0``, ``pid1``).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import triton.language as tl
 
 from . import torch_sampling as _reference
 from .torch_softmax import _shifted
-from .triton_launch import launch_guard
+from .triton_launch import grid_pieces, launch_guard
 
 __all__ = ["sample_probs", "sample_rows"]
 
@@ -153,10 +158,11 @@ def _row_max(ws_max_ptr, rows, rmask, nb, NB_P2: tl.constexpr):
 
 
 @triton.jit
-def _stats_kernel(x_ptr, stride, n_rows, V, ws_max_ptr, ws_arg_ptr, nb, R: tl.constexpr, B: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
+def _stats_kernel(x_ptr, stride, n_rows, V, ws_max_ptr, ws_arg_ptr, nb, pid0, pid1, R: tl.constexpr, B: tl.constexpr):
+    rows = (tl.program_id(0).to(tl.int64) + pid0) * R + tl.arange(0, R)
     rmask = rows < n_rows
-    cols = tl.program_id(1) * B + tl.arange(0, B)
+    part = tl.program_id(1) + pid1
+    cols = part * B + tl.arange(0, B)
     msk = rmask[:, None] & (cols[None, :] < V)
     x = tl.load(x_ptr + rows[:, None] * stride + cols[None, :], mask=msk, other=-float("inf")).to(tl.float32)
     is_nan = x != x
@@ -164,19 +170,19 @@ def _stats_kernel(x_ptr, stride, n_rows, V, ws_max_ptr, ws_arg_ptr, nb, R: tl.co
     bmax = tl.max(xc, axis=1)
     arg = tl.min(tl.where(msk & (xc == bmax[:, None]), cols[None, :], 2147483647), axis=1)
     any_nan = tl.max(is_nan.to(tl.int32), axis=1) > 0
-    out = rows * nb + tl.program_id(1)
+    out = rows * nb + part
     tl.store(ws_max_ptr + out, tl.where(any_nan, float("nan"), bmax), mask=rmask)
     tl.store(ws_arg_ptr + out, arg, mask=rmask)
 
 
 @triton.jit
 def _threshold_kernel(
-    x_ptr, stride, n_rows, V, ws_max_ptr, nb, temp_ptr, topk_ptr, topp_ptr, thr_ptr,
+    x_ptr, stride, n_rows, V, ws_max_ptr, nb, temp_ptr, topk_ptr, topp_ptr, thr_ptr, pid0,
     HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, R: tl.constexpr, FB: tl.constexpr, NB_P2: tl.constexpr,
 ):  # fmt: skip
     # The bisection state is int32: keys lie in [key(-inf), key(0)] = [-2139095041, 0], so every
     # ``hi - lo + 1`` fits (int64 state doubled the registers of every per-row value and spilled).
-    rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
+    rows = (tl.program_id(0).to(tl.int64) + pid0) * R + tl.arange(0, R)
     rmask = rows < n_rows
     m, _ = _row_max(ws_max_ptr, rows, rmask, nb, NB_P2)
     t = tl.load(temp_ptr + rows, mask=rmask, other=1.0)
@@ -233,13 +239,14 @@ def _threshold_kernel(
 @triton.jit
 def _block_kernel(
     x_ptr, stride, n_rows, V, ws_max_ptr, nb, temp_ptr, thr_ptr, minp_ptr,
-    seed_ptr, rowid_ptr, off_ptr, sum_ptr, last_ptr, key_ptr,
+    seed_ptr, rowid_ptr, off_ptr, sum_ptr, last_ptr, key_ptr, pid0, pid1,
     IS_PROBS: tl.constexpr, ACC_F64: tl.constexpr, HAS_THR: tl.constexpr, HAS_MINP: tl.constexpr,
     RACE: tl.constexpr, R: tl.constexpr, B: tl.constexpr, NB_P2: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0).to(tl.int64) * R + tl.arange(0, R)
+    rows = (tl.program_id(0).to(tl.int64) + pid0) * R + tl.arange(0, R)
     rmask = rows < n_rows
-    cols = tl.program_id(1) * B + tl.arange(0, B)
+    part = tl.program_id(1) + pid1
+    cols = part * B + tl.arange(0, B)
     msk = rmask[:, None] & (cols[None, :] < V)
     ptrs = x_ptr + rows[:, None] * stride + cols[None, :]
     if IS_PROBS:
@@ -259,7 +266,7 @@ def _block_kernel(
             minp = tl.load(minp_ptr + rows, mask=rmask, other=0.0)[:, None]
         log_w, w = _weights(x, m[:, None], tdiv[:, None], thr, minp, HAS_THR, HAS_MINP)
     positive = w > 0.0
-    out = rows * nb + tl.program_id(1)
+    out = rows * nb + part
     block_sum = tl.sum(w.to(tl.float64), axis=1)
     if IS_PROBS:  # a block holding a negative, NaN or infinite probability sums to NaN
         invalid = (w < 0.0) | (w != w) | (w == float("inf"))
@@ -283,11 +290,11 @@ def _block_kernel(
 @triton.jit
 def _draw_kernel(
     x_ptr, stride, V, n, ws_max_ptr, ws_arg_ptr, sum_ptr, last_ptr, nb, temp_ptr, thr_ptr, minp_ptr,
-    seed_ptr, rowid_ptr, off_ptr, tok_ptr, lp_ptr,
+    seed_ptr, rowid_ptr, off_ptr, tok_ptr, lp_ptr, pid0, pid1,
     IS_PROBS: tl.constexpr, ACC_F64: tl.constexpr, HAS_THR: tl.constexpr, HAS_MINP: tl.constexpr,
     WANT_LP: tl.constexpr, SB: tl.constexpr, B: tl.constexpr, NB_P2: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
+    row = tl.program_id(0).to(tl.int64) + pid0
     j = tl.arange(0, NB_P2)
     jm = j < nb
     sums = tl.load(sum_ptr + row * nb + j, mask=jm, other=0.0)
@@ -297,7 +304,7 @@ def _draw_kernel(
     total = tl.max(incl, axis=0)
     last_all = tl.max(tl.load(last_ptr + row * nb + j, mask=jm, other=-1), axis=0)
 
-    k = tl.program_id(1) * SB + tl.arange(0, SB)
+    k = (tl.program_id(1) + pid1) * SB + tl.arange(0, SB)
     kmask = k < n
     seed = tl.load(seed_ptr + row)
     r0, _, _, _ = _stream(seed, tl.load(rowid_ptr + row), tl.load(off_ptr + row), k.to(tl.uint32))
@@ -441,39 +448,43 @@ def sample_rows(
         ws = _workspace(rows, plan, device, stats=True)
         stride = logits.stride(0)
         temperature = temperature.contiguous()
-        _stats_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
-            logits, stride, rows, cols, ws["max"], ws["arg"], plan.nb, R=plan.R, B=plan.B
-        )
+        for grid, (pid0, pid1) in grid_pieces((triton.cdiv(rows, plan.R), plan.nb)):
+            _stats_kernel[grid](
+                logits, stride, rows, cols, ws["max"], ws["arg"], plan.nb, pid0, pid1, R=plan.R, B=plan.B
+            )
         has_thr = top_k is not None or top_p is not None
         thr = None
         if has_thr:
             thr = torch.empty(rows, dtype=torch.int32, device=device)
-            _threshold_kernel[(triton.cdiv(rows, plan.RF),)](
-                logits, stride, rows, cols, ws["max"], plan.nb, temperature,
-                top_k.contiguous() if top_k is not None else temperature,
-                top_p.contiguous() if top_p is not None else temperature,
-                thr, HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None,
-                R=plan.RF, FB=plan.FB, NB_P2=plan.NB_P2, maxnreg=_THRESHOLD_MAXNREG,
-            )  # fmt: skip
+            topk_arg = top_k.contiguous() if top_k is not None else temperature
+            topp_arg = top_p.contiguous() if top_p is not None else temperature
+            for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.RF),)):
+                _threshold_kernel[grid](
+                    logits, stride, rows, cols, ws["max"], plan.nb, temperature, topk_arg, topp_arg, thr, pid0,
+                    HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None,
+                    R=plan.RF, FB=plan.FB, NB_P2=plan.NB_P2, maxnreg=_THRESHOLD_MAXNREG,
+                )  # fmt: skip
         minp = min_p.contiguous() if min_p is not None else temperature
         thr_arg = thr if thr is not None else temperature
         keys = None
         if not replacement:
             keys = torch.empty((rows, cols), dtype=torch.float32, device=device)
-        _block_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
-            logits, stride, rows, cols, ws["max"], plan.nb, temperature, thr_arg, minp,
-            seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else ws["sum"],
-            IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
-            RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
-        )  # fmt: skip
+        for grid, (pid0, pid1) in grid_pieces((triton.cdiv(rows, plan.R), plan.nb)):
+            _block_kernel[grid](
+                logits, stride, rows, cols, ws["max"], plan.nb, temperature, thr_arg, minp,
+                seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else ws["sum"], pid0, pid1,
+                IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
+                RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
+            )  # fmt: skip
         if replacement:
             lp = logprobs if logprobs is not None else tokens
-            _draw_kernel[(rows, triton.cdiv(num_samples, plan.SB))](
-                logits, stride, cols, num_samples, ws["max"], ws["arg"], ws["sum"], ws["last"], plan.nb,
-                temperature, thr_arg, minp, seed, row_id, offset, tokens, lp,
-                IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
-                WANT_LP=logprobs is not None, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
-            )  # fmt: skip
+            for grid, (pid0, pid1) in grid_pieces((rows, triton.cdiv(num_samples, plan.SB))):
+                _draw_kernel[grid](
+                    logits, stride, cols, num_samples, ws["max"], ws["arg"], ws["sum"], ws["last"], plan.nb,
+                    temperature, thr_arg, minp, seed, row_id, offset, tokens, lp, pid0, pid1,
+                    IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
+                    WANT_LP=logprobs is not None, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+                )  # fmt: skip
             return
         # without replacement: the race's n largest keys, then the row rules (sync-free torch ops)
         assert keys is not None
@@ -520,19 +531,21 @@ def sample_probs(
         if not replacement:
             keys = torch.empty((rows, cols), dtype=torch.float64 if acc_f64 else torch.float32, device=device)
         dummy = ws["sum"]
-        _block_kernel[(triton.cdiv(rows, plan.R), plan.nb)](
-            probs, stride, rows, cols, dummy, plan.nb, dummy, dummy, dummy,
-            seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else dummy,
-            IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
-            RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
-        )  # fmt: skip
-        if replacement:
-            _draw_kernel[(rows, triton.cdiv(num_samples, plan.SB))](
-                probs, stride, cols, num_samples, dummy, dummy, ws["sum"], ws["last"], plan.nb,
-                dummy, dummy, dummy, seed, row_id, offset, tokens, tokens,
+        for grid, (pid0, pid1) in grid_pieces((triton.cdiv(rows, plan.R), plan.nb)):
+            _block_kernel[grid](
+                probs, stride, rows, cols, dummy, plan.nb, dummy, dummy, dummy,
+                seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else dummy, pid0, pid1,
                 IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
-                WANT_LP=False, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+                RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
             )  # fmt: skip
+        if replacement:
+            for grid, (pid0, pid1) in grid_pieces((rows, triton.cdiv(num_samples, plan.SB))):
+                _draw_kernel[grid](
+                    probs, stride, cols, num_samples, dummy, dummy, ws["sum"], ws["last"], plan.nb,
+                    dummy, dummy, dummy, seed, row_id, offset, tokens, tokens, pid0, pid1,
+                    IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
+                    WANT_LP=False, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+                )  # fmt: skip
             return
         assert keys is not None
         invalid = torch.isnan(ws["sum"]).any(dim=1, keepdim=True)

@@ -16,16 +16,24 @@ Forward paths (see :func:`_plan`):
     ``next_power_of_2(cols) <= MAX_FUSED_COLS``: a program holds one or more whole rows
     in registers; one read, one write.
 ``looped``
-    longer rows, enough of them to fill the device: one program per row. The first loop
-    keeps per-lane running maxima, counts of entries at the max, and rescaled sums of the
-    entries below it (one ``exp`` per element; +inf counted apart; a NaN poisons its
-    lane's sum), reduced once at the end; the second loop writes, walking the row
-    backwards so that its most recently read tail is still in L2.
+    longer rows, enough of them to fill the device: one program per row. The row is read
+    chunk by chunk; per chunk, per-lane running maxima, counts of entries at the max, and
+    rescaled sums of the entries below it (one ``exp`` per element; +inf counted apart; a
+    NaN poisons its lane's sum), reduced to the chunk's partial, which goes to a small
+    workspace; the partials are then combined, and the second loop writes, walking the
+    row backwards so that its most recently read tail is still in L2.
 ``split``
-    longer rows, too few of them to fill the device (decoding, ``1 x 152064``): each row
-    is cut into ``split`` chunks. Kernel 1 writes each chunk's partial (max, count at the
-    max, sum below it, +inf count; NaN in the sum) to a small workspace; kernel 2
-    combines its row's partials and writes its chunk.
+    longer rows, too few of them to fill the device (decoding, ``1 x 152064``): one
+    program per chunk. Kernel 1 writes each chunk's partial (max, count at the max, sum
+    below it, +inf count; NaN in the sum) to the workspace; kernel 2 combines its row's
+    partials and writes its chunk.
+
+Batch invariance: the looped and split paths cut a row into the same chunks (a function
+of the row length and the accumulation dtype only, never of the number of rows), compute
+each chunk's partial with the same code and combine the partials with the same code, in
+the same order, so a row's output is bitwise the same whichever path the batch size
+selects. The fused path packs a number of rows per program that depends on the row
+length only, so its tile (and reduction order) is the same for any batch size too.
 
 log_softmax takes ``log S`` as ``log1p`` of the sum below the max when one entry holds
 the max, so that ``-log S`` keeps its relative accuracy when ``S`` is within an ulp of 1.
@@ -44,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_launch import launch_guard
+from .triton_launch import grid_pieces, launch_guard
 
 __all__ = [
     "LOOPED_BLOCK",
@@ -73,6 +81,10 @@ _FUSED_TILE = 4096
 _FALLBACK_SMS = 4
 #: Programs per multiprocessor the split decision aims for.
 _PROGRAMS_PER_SM = 4
+#: Register cap handed to ptxas for the looped forward kernel with float32 accumulation: left alone,
+#: ptxas aimed at three 16-warp programs per SM on sm_90 (40 registers) and spilled; 64 keeps two, as
+#: before, with no spill. (float64 accumulation needs ~150 registers and keeps ptxas's choice.)
+_LOOPED_MAXNREG = 64
 
 
 # --------------------------------------------------------------------------- kernels
@@ -194,10 +206,10 @@ def _cast_out(y, dst: tl.constexpr):
 
 @triton.jit
 def _fwd_fused_kernel(
-    x_ptr, out_ptr, rows, cols, x_stride, out_stride,
+    x_ptr, out_ptr, rows, cols, x_stride, out_stride, pid0,
     BLOCK: tl.constexpr, ROWS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    row = (tl.program_id(0).to(tl.int64) + pid0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     col = tl.arange(0, BLOCK)
     mask = (row[:, None] < rows) & (col[None, :] < cols)
     x = tl.load(x_ptr + row[:, None] * x_stride + col[None, :], mask=mask, other=-float("inf"))
@@ -221,76 +233,96 @@ def _fwd_fused_kernel(
 
 
 @triton.jit
-def _fwd_looped_kernel(
-    x_ptr, out_ptr, cols, x_stride, out_stride,
-    BLOCK: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * x_stride
-    out_row = out_ptr + row * out_stride
+def _chunk_partial(x_row, begin, cols, BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, ACC_F64: tl.constexpr):
+    """The partial (max, count at the max, sum below it, +inf count) of the chunk of
+    ``CHUNK_BLOCKS`` blocks at ``begin``.
+
+    The one code both the looped and the split path run per chunk (same blocks, same lane
+    state, same reduction), so that their partials are bitwise the same. The block count is
+    a constant, so that the usual one-block chunk compiles to straight-line code (a loop
+    carried across the looped kernel's chunk loop spilled on sm_90).
+    """
     lane = tl.arange(0, BLOCK)
     m_vec = _acc(tl.full([BLOCK], -float("inf"), tl.float32), ACC_F64)
     c_vec = _acc(tl.zeros([BLOCK], tl.float32), ACC_F64)
     d_vec = _acc(tl.zeros([BLOCK], tl.float32), ACC_F64)
     k_vec = tl.zeros([BLOCK], tl.int32)
-    for start in range(0, cols, BLOCK):
-        col = start + lane
+    for j in range(0, CHUNK_BLOCKS):
+        col = begin + j * BLOCK + lane
         x = tl.load(x_row + col, mask=col < cols, other=-float("inf"), eviction_policy="evict_last")
         m_vec, c_vec, d_vec, k_vec = _online_update(_acc(x, ACC_F64), m_vec, c_vec, d_vec, k_vec)
     m, c, d = _combine(m_vec, c_vec, d_vec)
-    m_eff, s_eff, log_s = _normaliser(m, c, d, tl.sum(k_vec, axis=0))
-    n_blocks = tl.cdiv(cols, BLOCK)
-    for i in range(0, n_blocks):
-        col = (n_blocks - 1 - i) * BLOCK + lane  # backwards: the tail read last is in L2
-        mask = col < cols
-        x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
-        y = _finish(_acc(x, ACC_F64), m_eff, s_eff, log_s, d != d, LOG)
-        tl.store(out_row + col, _cast_out(y, out_ptr.dtype.element_ty), mask=mask)
+    return m, c, d, tl.sum(k_vec, axis=0).to(d.dtype)
 
 
 @triton.jit
-def _fwd_split_stats_kernel(
-    x_ptr, ws_ptr, cols, x_stride, chunk, n_split,
-    BLOCK: tl.constexpr, ACC_F64: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    part = tl.program_id(1)
-    x_row = x_ptr + row * x_stride
-    lane = tl.arange(0, BLOCK)
-    m_vec = _acc(tl.full([BLOCK], -float("inf"), tl.float32), ACC_F64)
-    c_vec = _acc(tl.zeros([BLOCK], tl.float32), ACC_F64)
-    d_vec = _acc(tl.zeros([BLOCK], tl.float32), ACC_F64)
-    k_vec = tl.zeros([BLOCK], tl.int32)
-    begin = part * chunk
-    for off in range(0, chunk, BLOCK):
-        col = begin + off + lane
-        x = tl.load(x_row + col, mask=col < cols, other=-float("inf"), eviction_policy="evict_last")
-        m_vec, c_vec, d_vec, k_vec = _online_update(_acc(x, ACC_F64), m_vec, c_vec, d_vec, k_vec)
-    m, c, d = _combine(m_vec, c_vec, d_vec)
-    ws = ws_ptr + (row * n_split + part) * 4
+def _store_partial(ws, m, c, d, k):
     tl.store(ws + 0, m)
     tl.store(ws + 1, c)
     tl.store(ws + 2, d)
-    tl.store(ws + 3, tl.sum(k_vec, axis=0).to(d.dtype))
+    tl.store(ws + 3, k)
 
 
 @triton.jit
-def _fwd_split_write_kernel(
-    x_ptr, out_ptr, ws_ptr, cols, x_stride, out_stride, chunk, n_split,
-    BLOCK: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    part = tl.program_id(1)
+def _row_normaliser(ws_row, n_split, SPLIT_P2: tl.constexpr):
+    """Combine a row's ``n_split`` partials (the same code and order on both paths): the
+    (max, sum, log sum) of the write pass and whether the row holds a NaN."""
     idx = tl.arange(0, SPLIT_P2)
     pmask = idx < n_split
-    ws = ws_ptr + row * n_split * 4 + idx * 4
+    ws = ws_row + idx * 4
     m_p = tl.load(ws + 0, mask=pmask, other=-float("inf"))
     c_p = tl.load(ws + 1, mask=pmask, other=0.0)
     d_p = tl.load(ws + 2, mask=pmask, other=0.0)
     k_p = tl.load(ws + 3, mask=pmask, other=0.0)
     m, c, d = _combine(m_p, c_p, d_p)
-    has_nan = d != d  # a chunk's NaN sum poisons the total
     m_eff, s_eff, log_s = _normaliser(m, c, d, tl.sum(k_p, axis=0))
+    return m_eff, s_eff, log_s, d != d  # a chunk's NaN sum poisons the total
+
+
+@triton.jit
+def _fwd_looped_kernel(
+    x_ptr, out_ptr, ws_ptr, cols, x_stride, out_stride, chunk, n_split, pid0,
+    BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr,
+    ACC_F64: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64) + pid0
+    x_row = x_ptr + row * x_stride
+    out_row = out_ptr + row * out_stride
+    ws_row = ws_ptr + row * n_split * 4
+    for part in range(0, n_split):
+        m, c, d, k = _chunk_partial(x_row, part * chunk, cols, BLOCK, CHUNK_BLOCKS, ACC_F64)
+        _store_partial(ws_row + part * 4, m, c, d, k)
+    tl.debug_barrier()  # the partials stored above, visible to every thread of the program
+    m_eff, s_eff, log_s, has_nan = _row_normaliser(ws_row, n_split, SPLIT_P2)
+    lane = tl.arange(0, BLOCK)
+    n_blocks = tl.cdiv(cols, BLOCK)
+    for i in range(0, n_blocks):
+        col = (n_blocks - 1 - i) * BLOCK + lane  # backwards: the tail read last is in L2
+        mask = col < cols
+        x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
+        y = _finish(_acc(x, ACC_F64), m_eff, s_eff, log_s, has_nan, LOG)
+        tl.store(out_row + col, _cast_out(y, out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fwd_split_stats_kernel(
+    x_ptr, ws_ptr, cols, x_stride, chunk, n_split, pid0, pid1,
+    BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, ACC_F64: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64) + pid0
+    part = tl.program_id(1) + pid1
+    m, c, d, k = _chunk_partial(x_ptr + row * x_stride, part * chunk, cols, BLOCK, CHUNK_BLOCKS, ACC_F64)
+    _store_partial(ws_ptr + (row * n_split + part) * 4, m, c, d, k)
+
+
+@triton.jit
+def _fwd_split_write_kernel(
+    x_ptr, out_ptr, ws_ptr, cols, x_stride, out_stride, chunk, n_split, pid0, pid1,
+    BLOCK: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64) + pid0
+    part = tl.program_id(1) + pid1
+    m_eff, s_eff, log_s, has_nan = _row_normaliser(ws_ptr + row * n_split * 4, n_split, SPLIT_P2)
     x_row = x_ptr + row * x_stride
     out_row = out_ptr + row * out_stride
     lane = tl.arange(0, BLOCK)
@@ -305,10 +337,10 @@ def _fwd_split_write_kernel(
 
 @triton.jit
 def _bwd_fused_kernel(
-    y_ptr, g_ptr, out_ptr, rows, cols, y_stride, g_stride, out_stride,
+    y_ptr, g_ptr, out_ptr, rows, cols, y_stride, g_stride, out_stride, pid0,
     BLOCK: tl.constexpr, ROWS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    row = (tl.program_id(0).to(tl.int64) + pid0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     col = tl.arange(0, BLOCK)
     mask = (row[:, None] < rows) & (col[None, :] < cols)
     y = _acc(tl.load(y_ptr + row[:, None] * y_stride + col[None, :], mask=mask, other=0.0), ACC_F64)
@@ -324,10 +356,10 @@ def _bwd_fused_kernel(
 
 @triton.jit
 def _bwd_looped_kernel(
-    y_ptr, g_ptr, out_ptr, cols, y_stride, g_stride, out_stride,
+    y_ptr, g_ptr, out_ptr, cols, y_stride, g_stride, out_stride, pid0,
     BLOCK: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
+    row = tl.program_id(0).to(tl.int64) + pid0
     y_row = y_ptr + row * y_stride
     g_row = g_ptr + row * g_stride
     out_row = out_ptr + row * out_stride
@@ -365,8 +397,8 @@ class Plan(NamedTuple):
     path: str  # "fused", "looped" or "split"
     block: int  # columns per block (fused: the whole row, padded to a power of two)
     rows_per_program: int  # fused only; 1 otherwise
-    split: int  # chunks per row (split only; 1 otherwise)
-    chunk: int  # columns per chunk (split only; cols otherwise)
+    split: int  # chunks per row (looped and split: the same for both; fused: 1)
+    chunk: int  # columns per chunk, a multiple of ``block`` (fused: cols)
     num_warps: int
 
 
@@ -375,10 +407,6 @@ def _sm_count(device_type: str, index: int | None) -> int:
     if device_type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(0 if index is None else index).multi_processor_count)
     return _FALLBACK_SMS
-
-
-def _pow2_floor(n: int) -> int:
-    return 1 << (max(n, 1).bit_length() - 1)
 
 
 def _check_pow2(name: str, value: int) -> None:
@@ -407,8 +435,13 @@ def _plan(
 
     ``block_size`` (a power of two) forces the block: the fused path when it covers the
     row, the looped or split path otherwise. ``split`` forces the number of chunks per
-    row (``1``: no split; more: the split path, at most ``ceil(cols / block)``).
-    ``rows_per_program`` (a power of two) forces the rows a fused program packs.
+    row (``1``: one chunk, the looped path; more: the split path, at most
+    ``ceil(cols / block)``). ``rows_per_program`` (a power of two) forces the rows a fused
+    program packs.
+
+    Unforced, everything that decides a row's arithmetic (the fused tile; the block, the
+    chunks and their number) depends on ``cols`` and ``acc_f64`` only; ``rows`` picks
+    between the looped and split paths alone, which compute the same bits.
     """
     if rows < 1 or cols < 1:
         raise ValueError(f"rows and cols must be >= 1, got {rows} x {cols}")
@@ -430,12 +463,9 @@ def _plan(
         fused = row_p2 <= max_fused and (split is None or split == 1)
     if fused:
         block = row_p2
-        if rows_per_program is None:
-            # Pack short rows up to a tile of _FUSED_TILE, keeping >= ~4 programs per SM.
-            rpp = min(max(_FUSED_TILE // block, 1), _pow2_floor(max(rows // (sms * _PROGRAMS_PER_SM), 1)))
-            rpp = min(rpp, triton.next_power_of_2(rows))
-        else:
-            rpp = rows_per_program
+        # Pack short rows up to a tile of _FUSED_TILE, whatever the number of rows: the tile (and
+        # so the order of each row's reductions on a GPU) must not depend on the batch.
+        rpp = max(_FUSED_TILE // block, 1) if rows_per_program is None else rows_per_program
         return Plan("fused", block, rpp, 1, cols, _fused_warps(block * rpp))
 
     if block_size is not None:
@@ -446,18 +476,17 @@ def _plan(
         block = min(looped_block, row_p2)
     warps = min(max(block // 256, 4), 16)  # about 8 elements per thread and state vector
 
-    n_split = 1
-    if split is not None:
-        n_split = min(split, MAX_SPLIT)
-    elif allow_split and rows < sms * _PROGRAMS_PER_SM:
-        want = triton.cdiv(sms * _PROGRAMS_PER_SM, rows)
-        n_split = max(min(want, cols // MIN_SPLIT_CHUNK, MAX_SPLIT), 1)
-    if n_split > 1:
-        chunk = triton.cdiv(triton.cdiv(cols, n_split), block) * block
-        n_split = triton.cdiv(cols, chunk)
-        if n_split > 1:
-            return Plan("split", block, 1, n_split, chunk, warps)
-    return Plan("looped", block, 1, 1, cols, warps)
+    # The chunks: as many blocks as fit MIN_SPLIT_CHUNK columns (one block unforced), at most
+    # MAX_SPLIT chunks; a function of cols (and the forced arguments) only.
+    unforced = triton.cdiv(cols, triton.cdiv(MIN_SPLIT_CHUNK, block) * block)
+    n_split = max(min(split if split is not None else unforced, MAX_SPLIT), 1)
+    chunk = triton.cdiv(triton.cdiv(cols, n_split), block) * block
+    n_split = triton.cdiv(cols, chunk)
+    # rows only choose the path: one program per row (looped) or per chunk (split), the same bits
+    use_split = split > 1 if split is not None else allow_split and rows < sms * _PROGRAMS_PER_SM
+    if use_split and n_split > 1:
+        return Plan("split", block, 1, n_split, chunk, warps)
+    return Plan("looped", block, 1, n_split, chunk, warps)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -487,27 +516,33 @@ def softmax_forward(
     log = bool(log)
     with launch_guard(x):
         if plan.path == "fused":
-            grid = (triton.cdiv(rows, plan.rows_per_program),)
-            _fwd_fused_kernel[grid](
-                x, out, rows, cols, x.stride(0), out.stride(0),
-                BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
-            )  # fmt: skip
-        elif plan.path == "looped":
-            _fwd_looped_kernel[(rows,)](
-                x, out, cols, x.stride(0), out.stride(0),
-                BLOCK=plan.block, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
-            )  # fmt: skip
-        else:
-            ws = torch.empty((rows, plan.split, 4), dtype=torch.float64 if acc_f64 else torch.float32, device=x.device)
-            grid = (rows, plan.split)
+            for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.rows_per_program),)):
+                _fwd_fused_kernel[grid](
+                    x, out, rows, cols, x.stride(0), out.stride(0), pid0,
+                    BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                )  # fmt: skip
+            return
+        ws = torch.empty((rows, plan.split, 4), dtype=torch.float64 if acc_f64 else torch.float32, device=x.device)
+        split_p2 = triton.next_power_of_2(plan.split)
+        if plan.path == "looped":
+            for grid, (pid0,) in grid_pieces((rows,)):
+                _fwd_looped_kernel[grid](
+                    x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split, pid0,
+                    BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, SPLIT_P2=split_p2, LOG=log,
+                    ACC_F64=acc_f64, num_warps=plan.num_warps,
+                    maxnreg=None if acc_f64 else _LOOPED_MAXNREG,
+                )  # fmt: skip
+            return
+        pieces = grid_pieces((rows, plan.split))
+        for grid, (pid0, pid1) in pieces:
             _fwd_split_stats_kernel[grid](
-                x, ws, cols, x.stride(0), plan.chunk, plan.split,
-                BLOCK=plan.block, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                x, ws, cols, x.stride(0), plan.chunk, plan.split, pid0, pid1,
+                BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, ACC_F64=acc_f64, num_warps=plan.num_warps,
             )  # fmt: skip
+        for grid, (pid0, pid1) in pieces:
             _fwd_split_write_kernel[grid](
-                x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split,
-                BLOCK=plan.block, SPLIT_P2=triton.next_power_of_2(plan.split), LOG=log, ACC_F64=acc_f64,
-                num_warps=plan.num_warps,
+                x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split, pid0, pid1,
+                BLOCK=plan.block, SPLIT_P2=split_p2, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
             )  # fmt: skip
 
 
@@ -536,13 +571,14 @@ def softmax_backward(
     log = bool(log)
     with launch_guard(y):
         if plan.path == "fused":
-            grid = (triton.cdiv(rows, plan.rows_per_program),)
-            _bwd_fused_kernel[grid](
-                y, grad, out, rows, cols, y.stride(0), grad.stride(0), out.stride(0),
-                BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
-            )  # fmt: skip
+            for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.rows_per_program),)):
+                _bwd_fused_kernel[grid](
+                    y, grad, out, rows, cols, y.stride(0), grad.stride(0), out.stride(0), pid0,
+                    BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                )  # fmt: skip
         else:
-            _bwd_looped_kernel[(rows,)](
-                y, grad, out, cols, y.stride(0), grad.stride(0), out.stride(0),
-                BLOCK=plan.block, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
-            )  # fmt: skip
+            for grid, (pid0,) in grid_pieces((rows,)):
+                _bwd_looped_kernel[grid](
+                    y, grad, out, cols, y.stride(0), grad.stride(0), out.stride(0), pid0,
+                    BLOCK=plan.block, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                )  # fmt: skip

@@ -1,0 +1,250 @@
+"""CUDA grid limits (x <= 2**31 - 1, y and z <= 65,535) on every Triton launch, whatever the shape.
+
+The launches for huge shapes are recorded, not run: meta tensors (nothing allocated), every kernel
+replaced by a recorder, the planners' CUDA constants (as tests/test_aot.py does). A second set of
+tests lowers the limits so that small shapes are cut into several launches in the interpreter, and
+checks that the results are bitwise those of the one-launch grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from stablesoftmax.backends import triton_launch as L  # noqa: E402
+from stablesoftmax.backends import triton_sampling as T  # noqa: E402
+from stablesoftmax.backends import triton_softmax as S  # noqa: E402
+
+from .conftest import DEVICE  # noqa: E402
+
+SOFTMAX_KERNELS = ("_fwd_fused_kernel", "_fwd_looped_kernel", "_fwd_split_stats_kernel", "_fwd_split_write_kernel",
+                   "_bwd_fused_kernel", "_bwd_looped_kernel")  # fmt: skip
+SAMPLING_KERNELS = ("_stats_kernel", "_threshold_kernel", "_block_kernel", "_draw_kernel")
+
+
+# --------------------------------------------------------------------------- grid_pieces
+
+
+@pytest.mark.parametrize("grid", [(0,), (1,), (7,), (6, 5), (7, 1), (1, 9), (5, 4, 3), (3, 0)])
+def test_grid_pieces_tile_the_grid_exactly_within_the_limits(monkeypatch, grid):
+    monkeypatch.setattr(L, "MAX_GRID_X", 3)
+    monkeypatch.setattr(L, "MAX_GRID_YZ", 2)
+    seen = []
+    for sub, off in L.grid_pieces(grid):
+        assert len(sub) == len(off) == len(grid)
+        assert sub[0] <= 3 and all(g <= 2 for g in sub[1:]), sub
+        for idx in _programs(sub):
+            seen.append(tuple(i + o for i, o in zip(idx, off)))
+    assert sorted(seen) == sorted(_programs(grid))  # every program once, none twice, none outside
+
+
+def test_grid_pieces_one_piece_within_the_limits():
+    assert L.grid_pieces((2**31 - 1, 65535, 65535)) == [((2**31 - 1, 65535, 65535), (0, 0, 0))]
+    big = 2**31 - 1
+    assert L.grid_pieces((2**31, 65536)) == [
+        ((big, 65535), (0, 0)), ((big, 1), (0, 65535)), ((1, 65535), (big, 0)), ((1, 1), (big, 65535)),
+    ]  # fmt: skip
+
+
+def _programs(grid):
+    if not grid:
+        return [()]
+    return [(i, *rest) for i in range(grid[0]) for rest in _programs(grid[1:])]
+
+
+# --------------------------------------------------------------------------- huge shapes, recorded
+
+
+class _Recorder:
+    def __init__(self, name, fn, log):
+        self.name, self.arg_names, self.log = name, list(fn.arg_names), log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            named = dict(zip(self.arg_names, args))
+            self.log.append((self.name, tuple(grid), named.get("pid0", 0), named.get("pid1", 0)))
+
+        return launch
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Record every launch as a GPU with 132 SMs would plan it (the planners' CUDA constants)."""
+    monkeypatch.setattr(S, "_sm_count", lambda device_type, index: 132)
+    monkeypatch.setattr(T, "_BLOCK_INTERP", T._BLOCK_GPU)
+    monkeypatch.setattr(T, "_TILE_INTERP", T._TILE_GPU)
+    monkeypatch.setattr(T, "_FBLOCK_INTERP", T._FBLOCK_GPU)
+    log = []
+    for mod, names in ((S, SOFTMAX_KERNELS), (T, SAMPLING_KERNELS)):
+        for name in names:
+            monkeypatch.setattr(mod, name, _Recorder(name, getattr(mod, name), log))
+    return log
+
+
+def _check(log, expect):
+    """Every recorded grid within CUDA's limits; per kernel the pieces cover exactly the grid ``expect[name]``."""
+    assert log
+    covered = {}
+    for name, grid, pid0, pid1 in log:
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        assert 1 <= g[0] <= 2**31 - 1 and 1 <= g[1] <= 65535 and 1 <= g[2] <= 65535, (name, grid)
+        covered.setdefault(name, []).append((pid0, pid1, g[0], g[1]))
+    assert set(covered) == set(expect), (sorted(covered), sorted(expect))
+    for name, rects in covered.items():
+        want = tuple(expect[name]) + (1,) * (2 - len(expect[name]))
+        assert sum(a * b for _, _, a, b in rects) == want[0] * want[1], name
+        assert max(p0 + a for p0, _, a, _ in rects) == want[0] and max(p1 + b for _, p1, _, b in rects) == want[1]
+        # disjoint: sorted by origin, no two pieces start at the same program
+        assert len({(p0, p1) for p0, p1, _, _ in rects}) == len(rects)
+
+
+def _meta(rows, cols, dtype=torch.float16):
+    return torch.empty(rows, cols, dtype=dtype, device="meta")
+
+
+def _sample(x, n, replacement=True, top_k=False):
+    rows = x.shape[0]
+    i64 = dict(dtype=torch.int64, device="meta")
+    f32 = dict(dtype=torch.float32, device="meta")
+    seed = torch.empty(rows, **i64)
+    T.sample_rows(
+        x, torch.empty(rows, **f32), torch.empty(rows, **i64) if top_k else None, None, None, seed, seed, seed,
+        n, replacement, torch.empty(rows, n, **i64), torch.empty(rows, n, **f32),
+    )  # fmt: skip
+
+
+def test_draw_past_65535_sample_groups(launches):
+    """``_draw`` at V = 152,064 put ``cdiv(n, 8)`` sample groups on grid y: past 65,535 from n ~ 524,281."""
+    n = 2**20
+    _sample(_meta(1, 152064), n)
+    plan = T._Plan(1, 152064, n, torch.device("cuda"))
+    assert triton.cdiv(n, plan.SB) > 65535  # the case that failed
+    groups = triton.cdiv(n, plan.SB)
+    _check(launches, {"_stats_kernel": (1, plan.nb), "_block_kernel": (1, plan.nb), "_draw_kernel": (1, groups)})
+
+
+@pytest.mark.parametrize("cols", [67_107_841, 2**27 + 5])
+def test_stats_and_block_past_65535_blocks(launches, cols):
+    """``_stats`` / ``_block`` put ``cdiv(V, 1024)`` blocks on grid y: past 65,535 for V > 67,107,840."""
+    x = _meta(2, cols)
+    _sample(x, 1, top_k=True)
+    plan = T._Plan(2, cols, 1, torch.device("cuda"))
+    assert plan.nb > 65535
+    grid_r = triton.cdiv(2, plan.R)
+    _check(launches, {"_stats_kernel": (grid_r, plan.nb), "_threshold_kernel": (triton.cdiv(2, plan.RF),),
+                      "_block_kernel": (grid_r, plan.nb), "_draw_kernel": (2, 1)})  # fmt: skip
+    launches.clear()
+    seed = torch.empty(2, dtype=torch.int64, device="meta")
+    T.sample_probs(x, seed, seed, seed, 1, True, torch.empty(2, 1, dtype=torch.int64, device="meta"))
+    _check(launches, {"_block_kernel": (grid_r, plan.nb), "_draw_kernel": (2, 1)})
+
+
+def test_softmax_past_2_31_programs(launches):
+    """One program per row (looped, backward) or per packed tile (fused) on grid x: past 2**31 - 1 for huge batches."""
+    rows = 2**31 + 3
+    x = _meta(rows, 8)  # fused: 512 rows per program
+    S.softmax_forward(x, x, False, rows_per_program=1)
+    S.softmax_backward(x, x, x, True, rows_per_program=1)
+    _check(launches, {"_fwd_fused_kernel": (rows,), "_bwd_fused_kernel": (rows,)})
+    launches.clear()
+    x = _meta(rows, 20000)  # looped: one program per row
+    S.softmax_forward(x, x, True)
+    S.softmax_backward(x, x, x, False)
+    _check(launches, {"_fwd_looped_kernel": (rows,), "_bwd_looped_kernel": (rows,)})
+
+
+def test_softmax_split_grid_within_limits(launches):
+    x = _meta(3, 2**26)
+    S.softmax_forward(x, x, False)
+    plan = S._plan(3, 2**26, torch.device("cuda"))
+    assert plan.path == "split" and plan.split <= S.MAX_SPLIT
+    _check(launches, {"_fwd_split_stats_kernel": (3, plan.split), "_fwd_split_write_kernel": (3, plan.split)})
+
+
+# --------------------------------------------------------------------------- the cut grids, run
+
+
+@pytest.fixture
+def tiny_limits(monkeypatch):
+    """Limits low enough that the small shapes below need several launches per kernel."""
+
+    def lower():
+        monkeypatch.setattr(L, "MAX_GRID_X", 2)
+        monkeypatch.setattr(L, "MAX_GRID_YZ", 2)
+
+    return lower
+
+
+def _softmax_cases(gen):
+    x_short = torch.randn(7, 37, generator=gen).mul_(6).to(DEVICE)
+    x_long = torch.randn(5, 300, generator=gen).mul_(6).half().to(DEVICE)
+    x_long[1, 17] = math.inf
+    x_long[3, 200] = math.nan
+    return [
+        ("fused", x_short, dict(rows_per_program=1)),
+        ("looped", x_long, dict(block_size=32, split=1)),
+        ("split", x_long, dict(block_size=32, split=5)),
+    ]
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_cut_grids_give_the_same_bits(tiny_limits, gen, log):
+    cases = _softmax_cases(gen)
+    want = []
+    for path, x, kw in cases:
+        assert S._plan(*x.shape, x.device, block_size=kw.get("block_size"), split=kw.get("split"),
+                       rows_per_program=kw.get("rows_per_program")).path == path  # fmt: skip
+        out = torch.empty_like(x, dtype=torch.float32)
+        S.softmax_forward(x, out, log, **kw)
+        grad = torch.empty_like(out)
+        S.softmax_backward(out, torch.ones_like(out), grad, log, **{k: v for k, v in kw.items() if k != "split"})
+        want.append((out, grad))
+    tiny_limits()
+    assert len(L.grid_pieces((7,))) == 4 and len(L.grid_pieces((5, 5))) == 9
+    for (path, x, kw), (out_want, grad_want) in zip(cases, want):
+        out = torch.empty_like(out_want)
+        S.softmax_forward(x, out, log, **kw)
+        grad = torch.empty_like(out)
+        S.softmax_backward(out, torch.ones_like(out), grad, log, **{k: v for k, v in kw.items() if k != "split"})
+        torch.testing.assert_close(out, out_want, rtol=0, atol=0, equal_nan=True, msg=path)
+        torch.testing.assert_close(grad, grad_want, rtol=0, atol=0, equal_nan=True, msg=path)
+
+
+def _draws(logits, n, replacement, top_k):
+    rows = logits.shape[0]
+    dev = logits.device
+    temperature = torch.tensor([0.7, 1.0, 0.0, 1.3, 0.9], device=dev)[:rows]
+    seed = torch.full((rows,), 1234, dtype=torch.int64, device=dev)
+    row_id = torch.arange(rows, dtype=torch.int64, device=dev)
+    offset = torch.zeros(rows, dtype=torch.int64, device=dev)
+    tokens = torch.empty(rows, n, dtype=torch.int64, device=dev)
+    lp = torch.empty(rows, n, dtype=torch.float32, device=dev)
+    k = torch.full((rows,), 40, dtype=torch.int64, device=dev) if top_k else None
+    T.sample_rows(logits, temperature, k, None, None, seed, row_id, offset, n, replacement, tokens, lp)
+    probs = torch.softmax(logits.float(), -1)
+    ptok = torch.empty(rows, n, dtype=torch.int64, device=dev)
+    T.sample_probs(probs, seed, row_id, offset, n, replacement, ptok)
+    return tokens, lp, ptok
+
+
+@pytest.mark.parametrize("replacement,top_k", [(True, False), (True, True), (False, False)])
+def test_sampling_cut_grids_give_the_same_tokens(monkeypatch, tiny_limits, gen, replacement, top_k):
+    # small blocks and tiles so that a 5 x 1000 call has several row groups, blocks and sample groups
+    monkeypatch.setattr(T, "_BLOCK_INTERP", 128)
+    monkeypatch.setattr(T, "_TILE_INTERP", 256)
+    monkeypatch.setattr(T, "_FBLOCK_INTERP", 1024)  # one step per bisection pass, one row per program
+    logits = torch.randn(5, 1000, generator=gen).mul_(3).half().to(DEVICE)
+    n = 20 if replacement else 6
+    plan = T._Plan(5, 1000, n, logits.device)
+    assert triton.cdiv(5, plan.R) > 2 and plan.nb > 2 and (not replacement or triton.cdiv(n, plan.SB) > 2), vars(plan)
+    assert plan.RF == 1  # five threshold programs: three pieces
+    want = _draws(logits, n, replacement, top_k)
+    tiny_limits()
+    got = _draws(logits, n, replacement, top_k)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    assert (want[0] >= 0).any()

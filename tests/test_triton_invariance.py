@@ -1,0 +1,84 @@
+"""Bitwise batch invariance of the Triton softmax: a row's output is the same bits alone or in a batch.
+
+The planner takes the split path for few rows and the looped path for many (and packs short rows
+into fused tiles); the paths must cut a row into the same chunks and combine the partials in the
+same order, so that which path the batch size selects does not change a bit. In the interpreter
+with a device of one multiprocessor: a lone row and a pair take the split path, a batch of 7 the
+looped one (asserted below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from stablesoftmax.backends import triton_softmax as S  # noqa: E402
+
+from .conftest import DEVICE  # noqa: E402
+
+# 20,000 columns: past the fused limit, five chunks of 4,096 with a partial last one.
+LONG = 20_000
+SHORT = 1_000  # fused, several rows packed per program
+
+
+@pytest.fixture
+def one_sm(monkeypatch):
+    """A device of one multiprocessor: fewer than 4 rows split, 4 and more loop."""
+    monkeypatch.setattr(S, "_sm_count", lambda device_type, index: 1)
+
+
+def _rows(gen, cols, dtype):
+    # standard normal rows: the old planner (three chunks alone, one in the batch of 7) changed the float32
+    # bits of most entries of rows 0 and 6 here
+    x = torch.randn(7, cols, generator=gen, dtype=torch.float64)
+    x[2, cols // 3] = -math.inf
+    x[4, 5] = math.inf  # a row whose answer the +inf entry decides
+    return x.to(dtype).to(DEVICE)
+
+
+def _fwd(x, log):
+    out = torch.empty_like(x)
+    S.softmax_forward(x, out, log)
+    return out
+
+
+def _bits(t):
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32).cpu()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("cols", [LONG, SHORT])
+def test_row_alone_or_in_a_batch_is_bitwise_the_same(one_sm, gen, dtype, log, cols):
+    x = _rows(gen, cols, dtype)
+    if cols == LONG:
+        assert S._plan(1, cols, x.device).path == "split"
+        assert S._plan(2, cols, x.device).path == "split"
+        assert S._plan(7, cols, x.device).path == "looped"
+        assert S._plan(1, cols, x.device)[1:] == S._plan(7, cols, x.device)[1:]  # same blocks and chunks
+    else:
+        assert S._plan(1, cols, x.device) == S._plan(7, cols, x.device)  # the same fused tile
+    batch7 = _bits(_fwd(x, log))
+    for i in (0, 3, 6):  # first, middle, last position of the batch of 7
+        alone = _bits(_fwd(x[i : i + 1].clone(), log))
+        assert torch.equal(alone[0], batch7[i]), (i, (alone[0] != batch7[i]).sum())
+    pair = _bits(_fwd(x[5:7].clone(), log))  # the pair: the last row of 7 as its second
+    assert torch.equal(pair[1], batch7[6]) and torch.equal(pair[0], batch7[5])
+    first_pair = _bits(_fwd(x[0:2].clone(), log))
+    assert torch.equal(first_pair[0], batch7[0])
+
+
+def test_the_rows_tell_a_different_chunking(gen):
+    """The data above is sensitive to the order of the sums: one chunk per row instead of five (what the
+    looped path did before) changes float32 bits, so the invariance test can fail."""
+    x = _rows(gen, LONG, torch.float32)
+    plan = S._plan(7, LONG, x.device)
+    assert plan.split == 5
+    a, c = torch.empty_like(x), torch.empty_like(x)
+    S.softmax_forward(x, a, False)
+    S.softmax_forward(x, c, False, split=1, block_size=plan.block)  # one chunk of the whole row
+    assert not torch.equal(_bits(a), _bits(c))
