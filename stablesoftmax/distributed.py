@@ -67,7 +67,6 @@ from .backends.torch_softmax import _ones_and_rest, _shifted, _total
 __all__ = ["comm_stats", "log_softmax", "logprobs_of", "reset_comm_stats", "sample_from_logits"]
 
 _NEG_INF = -math.inf
-_HAVE_CPP_SHARD = False
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 # with replacement: ranks that do not hold the drawn column answer _NOT_FOUND + (2**40 - 1 - last positive column)
 _NOT_FOUND = 2**62
@@ -200,7 +199,7 @@ def _shard_kernels(x: torch.Tensor) -> ModuleType:
     """The shard kernels of the backend that samples ``x`` on one device (C++ on CPU, Triton on CUDA,
     torch ops elsewhere and for float64)."""
     name = backend_for(x, "sampling")
-    if name == "cpp" and x.dtype != torch.float64 and _HAVE_CPP_SHARD:
+    if name == "cpp" and x.dtype != torch.float64:
         from .backends import cpp_shard
 
         return cpp_shard
