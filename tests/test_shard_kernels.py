@@ -13,8 +13,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import CPP_ISAS, cpp_isa
+
 from stablesoftmax.backends import torch_shard
 
 cpp_shard = pytest.importorskip("stablesoftmax.backends.cpp_shard")
