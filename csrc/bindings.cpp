@@ -197,6 +197,89 @@ void sample_probs(std::uintptr_t x_ptr, std::int64_t rows, std::int64_t cols, st
   ssm::sample(a);
 }
 
+// ---- shard passes of vocabulary-parallel sampling (csrc/shard_kernels.h) ----
+ssm::ShardArgs shard_args(std::uintptr_t x_ptr, std::int64_t rows, std::int64_t cols, std::int64_t row_stride,
+                          int dtype, std::uintptr_t m_ptr, std::uintptr_t t_ptr, std::uintptr_t cut_ptr,
+                          std::uintptr_t min_p_ptr, int num_threads) {
+  check_shape(rows, cols, num_threads);
+  check(dtype == ssm::kF16 || dtype == ssm::kBF16 || dtype == ssm::kF32,
+        "shard kernels take float16, bfloat16 or float32 logits, got dtype code " + std::to_string(dtype));
+  check_ptr(x_ptr, "x_ptr", rows, cols);
+  check_ptr(m_ptr, "m_ptr", rows, 1);
+  check_ptr(t_ptr, "t_ptr", rows, 1);
+  ssm::ShardArgs a{};
+  a.x = reinterpret_cast<const void*>(x_ptr);
+  a.rows = rows; a.cols = cols; a.stride = row_stride; a.dtype = dtype;
+  a.m = reinterpret_cast<const float*>(m_ptr);
+  a.t = reinterpret_cast<const float*>(t_ptr);
+  a.cut = reinterpret_cast<const float*>(cut_ptr);
+  a.min_p = reinterpret_cast<const float*>(min_p_ptr);
+  a.num_threads = num_threads;
+  return a;
+}
+
+#define SSM_SHARD_ARGS std::uintptr_t x_ptr, std::int64_t rows, std::int64_t cols, std::int64_t row_stride, int dtype, \
+    std::uintptr_t m_ptr, std::uintptr_t t_ptr, std::uintptr_t cut_ptr, std::uintptr_t min_p_ptr
+#define SSM_SHARD_PASS x_ptr, rows, cols, row_stride, dtype, m_ptr, t_ptr, cut_ptr, min_p_ptr
+
+void shard_mass(SSM_SHARD_ARGS, std::uintptr_t mass_ptr, int num_threads) {
+  const auto a = shard_args(SSM_SHARD_PASS, num_threads);
+  check_ptr(mass_ptr, "mass_ptr", rows, 1);
+  py::gil_scoped_release nogil;
+  ssm::shard_mass(a, reinterpret_cast<double*>(mass_ptr));
+}
+
+void shard_search(SSM_SHARD_ARGS, std::uintptr_t before_ptr, std::uintptr_t targets_ptr, std::int64_t n,
+                  std::uintptr_t idx_ptr, std::uintptr_t last_ptr, int num_threads) {
+  const auto a = shard_args(SSM_SHARD_PASS, num_threads);
+  check(n >= 0, "n must be >= 0");
+  check_ptr(before_ptr, "before_ptr", rows, 1);
+  check_ptr(targets_ptr, "targets_ptr", rows, n);
+  check_ptr(idx_ptr, "idx_ptr", rows, n);
+  check_ptr(last_ptr, "last_ptr", rows, 1);
+  py::gil_scoped_release nogil;
+  ssm::shard_search(a, reinterpret_cast<const double*>(before_ptr), reinterpret_cast<const double*>(targets_ptr), n,
+                    reinterpret_cast<std::int64_t*>(idx_ptr), reinterpret_cast<std::int64_t*>(last_ptr));
+}
+
+void shard_histogram(SSM_SHARD_ARGS, bool counts, std::uintptr_t prefix_ptr, int shift, std::uintptr_t hist_ptr,
+                     int num_threads) {
+  const auto a = shard_args(SSM_SHARD_PASS, num_threads);
+  check(shift >= 0 && shift <= 24 && shift % 8 == 0, "shift must be 0, 8, 16 or 24, got " + std::to_string(shift));
+  check_ptr(prefix_ptr, "prefix_ptr", rows, 1);
+  check_ptr(hist_ptr, "hist_ptr", rows, 256);
+  py::gil_scoped_release nogil;
+  ssm::shard_histogram(a, counts, reinterpret_cast<const std::int64_t*>(prefix_ptr), shift,
+                       reinterpret_cast<double*>(hist_ptr));
+}
+
+void shard_top_values(SSM_SHARD_ARGS, std::int64_t k, std::uintptr_t top_ptr, int num_threads) {
+  const auto a = shard_args(SSM_SHARD_PASS, num_threads);
+  check(k >= 1, "k must be >= 1, got " + std::to_string(k));
+  check_ptr(top_ptr, "top_ptr", rows, k);
+  py::gil_scoped_release nogil;
+  ssm::shard_top_values(a, k, reinterpret_cast<float*>(top_ptr));
+}
+
+void shard_race(SSM_SHARD_ARGS, std::uintptr_t seed_ptr, std::uintptr_t row_id_ptr, std::uintptr_t offset_ptr,
+                std::int64_t col0, std::int64_t n, std::uintptr_t keys_ptr, std::uintptr_t ids_ptr,
+                std::uintptr_t count_ptr, int num_threads) {
+  const auto a = shard_args(SSM_SHARD_PASS, num_threads);
+  check(n >= 1 && col0 >= 0, "n must be >= 1 and col0 >= 0");
+  for (auto [p, what] : {std::pair<std::uintptr_t, const char*>{seed_ptr, "seed_ptr"}, {row_id_ptr, "row_id_ptr"},
+                         {offset_ptr, "offset_ptr"}, {count_ptr, "count_ptr"}})
+    check_ptr(p, what, rows, 1);
+  check_ptr(keys_ptr, "keys_ptr", rows, n);
+  check_ptr(ids_ptr, "ids_ptr", rows, n);
+  py::gil_scoped_release nogil;
+  ssm::shard_race(a, reinterpret_cast<const std::int64_t*>(seed_ptr), reinterpret_cast<const std::int64_t*>(row_id_ptr),
+                  reinterpret_cast<const std::int64_t*>(offset_ptr), col0, n, reinterpret_cast<float*>(keys_ptr),
+                  reinterpret_cast<std::int64_t*>(ids_ptr), reinterpret_cast<std::int64_t*>(count_ptr));
+}
+
+#undef SSM_SHARD_ARGS
+#undef SSM_SHARD_PASS
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -227,4 +310,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("seed_ptr"), py::arg("row_id_ptr"), py::arg("offset_ptr"), py::arg("num_samples"),
         py::arg("replacement"), py::arg("tokens_ptr"), py::arg("tokens_stride"), py::arg("num_threads"),
         "Sampling from rows of non-negative weights (multinomial).");
+  // Shard passes (stablesoftmax/backends/cpp_shard.py): m/t/cut/min_p per-row float32 (cut, min_p 0 = off).
+#define SSM_SHARD_NAMES py::arg("x_ptr"), py::arg("rows"), py::arg("cols"), py::arg("row_stride"), py::arg("dtype"), \
+    py::arg("m_ptr"), py::arg("t_ptr"), py::arg("cut_ptr"), py::arg("min_p_ptr")
+  m.def("shard_mass", &shard_mass, SSM_SHARD_NAMES, py::arg("mass_ptr"), py::arg("num_threads"),
+        "Kept mass per row (f64).");
+  m.def("shard_search", &shard_search, SSM_SHARD_NAMES, py::arg("before_ptr"), py::arg("targets_ptr"), py::arg("n"),
+        py::arg("idx_ptr"), py::arg("last_ptr"), py::arg("num_threads"), "Inverse-CDF search of the shard.");
+  m.def("shard_histogram", &shard_histogram, SSM_SHARD_NAMES, py::arg("counts"), py::arg("prefix_ptr"),
+        py::arg("shift"), py::arg("hist_ptr"), py::arg("num_threads"), "One radix round (rows, 256) f64.");
+  m.def("shard_top_values", &shard_top_values, SSM_SHARD_NAMES, py::arg("k"), py::arg("top_ptr"),
+        py::arg("num_threads"), "The k largest z per row.");
+  m.def("shard_race", &shard_race, SSM_SHARD_NAMES, py::arg("seed_ptr"), py::arg("row_id_ptr"), py::arg("offset_ptr"),
+        py::arg("col0"), py::arg("n"), py::arg("keys_ptr"), py::arg("ids_ptr"), py::arg("count_ptr"),
+        py::arg("num_threads"), "The shard's top-n race keys.");
+#undef SSM_SHARD_NAMES
 }

@@ -190,5 +190,18 @@ std::string isa_reason() {
 }
 
 void sample(const SampleArgs& a) { active_isa().sample(a); }
+void shard_mass(const ShardArgs& a, double* mass) { active_isa().shard_mass(a, mass); }
+void shard_search(const ShardArgs& a, const double* before, const double* targets, std::int64_t n, std::int64_t* idx,
+                  std::int64_t* last) {
+  active_isa().shard_search(a, before, targets, n, idx, last);
+}
+void shard_histogram(const ShardArgs& a, bool counts, const std::int64_t* prefix, int shift, double* hist) {
+  active_isa().shard_histogram(a, counts, prefix, shift, hist);
+}
+void shard_top_values(const ShardArgs& a, std::int64_t k, float* top) { active_isa().shard_top_values(a, k, top); }
+void shard_race(const ShardArgs& a, const std::int64_t* seed, const std::int64_t* row_id, const std::int64_t* offset,
+                std::int64_t col0, std::int64_t n, float* keys, std::int64_t* ids, std::int64_t* count) {
+  active_isa().shard_race(a, seed, row_id, offset, col0, n, keys, ids, count);
+}
 
 }  // namespace ssm

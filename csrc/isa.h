@@ -16,6 +16,14 @@ struct IsaTable {
   const ForwardKernels* (*forward)(int in_dtype, int out_dtype);
   const BackwardKernels* (*backward)(int y_dtype, int g_dtype, int out_dtype, bool log);
   void (*sample)(const SampleArgs& a);
+  void (*shard_mass)(const ShardArgs& a, double* mass);
+  void (*shard_search)(const ShardArgs& a, const double* before, const double* targets, std::int64_t n,
+                       std::int64_t* idx, std::int64_t* last);
+  void (*shard_histogram)(const ShardArgs& a, bool counts, const std::int64_t* prefix, int shift, double* hist);
+  void (*shard_top_values)(const ShardArgs& a, std::int64_t k, float* top);
+  void (*shard_race)(const ShardArgs& a, const std::int64_t* seed, const std::int64_t* row_id,
+                     const std::int64_t* offset, std::int64_t col0, std::int64_t n, float* keys, std::int64_t* ids,
+                     std::int64_t* count);
 };
 
 namespace scalar { const IsaTable* isa_table(); }

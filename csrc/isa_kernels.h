@@ -16,6 +16,7 @@
 #include "vec_math.h"
 #include "softmax_kernels.h"
 #include "sampling_kernels.h"
+#include "shard_kernels.h"
 
 #define SSM_STR2(x) #x
 #define SSM_STR(x) SSM_STR2(x)
@@ -23,7 +24,9 @@
 namespace ssm {
 namespace SSM_ISA {
 const IsaTable* isa_table() {
-  static const IsaTable table = {SSM_STR(SSM_ISA), &forward_kernels, &backward_kernels, &sample_kernel};
+  static const IsaTable table = {SSM_STR(SSM_ISA), &forward_kernels, &backward_kernels, &sample_kernel,
+                                    &shard_mass_kernel, &shard_search_kernel, &shard_histogram_kernel,
+                                    &shard_top_values_kernel, &shard_race_kernel};
   return &table;
 }
 }  // namespace SSM_ISA

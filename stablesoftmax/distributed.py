@@ -41,10 +41,12 @@ the same values).
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import torch
 import torch.distributed as dist
 
+from ._dispatch import backend_for
 from ._errors import StableSoftmaxError
 from ._sampling import (
     _EMPTY_HINT,
@@ -58,7 +60,8 @@ from ._sampling import (
     _random_stream,
     _rows_word,
 )
-from .backends.torch_sampling import _counters, philox, race_uniform, uniform_per_sample
+from .backends import torch_shard
+from .backends.torch_sampling import uniform_per_sample
 from .backends.torch_softmax import _ones_and_rest, _shifted, _total
 
 __all__ = ["comm_stats", "log_softmax", "logprobs_of", "reset_comm_stats", "sample_from_logits"]
@@ -192,6 +195,17 @@ def _rows_of(local_logits: torch.Tensor, op: str) -> tuple[torch.Tensor, torch.S
     return x, batch, rows
 
 
+def _shard_kernels(x: torch.Tensor) -> ModuleType:
+    """The shard kernels of the backend that samples ``x`` on one device (C++ on CPU, Triton on CUDA,
+    torch ops elsewhere and for float64)."""
+    name = backend_for(x, "sampling")
+    if name == "cpp" and x.dtype != torch.float64:
+        from .backends import cpp_shard
+
+        return cpp_shard
+    return torch_shard
+
+
 def _accumulation(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -286,76 +300,63 @@ def logprobs_of(
     return (summed[:, 2:].to(acc) - log_total).to(local_logits.dtype).view(tokens.shape)
 
 
-def _order_key(z: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Unsigned order-preserving bits of ``z`` (float32 or float64) in int64, and their width.
-
-    ``-0.0`` is folded onto ``+0.0`` first (they compare equal). For float64 the key is the
-    unsigned order in two's complement (top bit flipped), read only byte by byte.
-    """
-    z = z + 0.0
-    if z.dtype == torch.float32:
-        bits = z.view(torch.int32).to(torch.int64)
-        signed = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-        return signed + 2**31, 32
-    bits = z.view(torch.int64)
-    signed = torch.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
-    return signed ^ -(2**63), 64
+def _key_value(key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The value of ``dtype`` whose order key (:func:`torch_shard.order_key`) is ``key`` (int64)."""
+    if dtype == torch.float32:
+        signed = key - 2**31
+        bits = torch.where(signed < 0, signed ^ 0x7FFFFFFF, signed)
+        return bits.to(torch.int32).view(torch.float32)
+    signed = key ^ -(2**63)
+    return torch.where(signed < 0, signed ^ 0x7FFFFFFFFFFFFFFF, signed).view(torch.float64)
 
 
-def _radix_floor(comm: _Comm, z: torch.Tensor, weight: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """Per row, the entries ``>=`` the smallest value ``v`` among those with ``weight > 0`` whose
-    weight strictly above ``v`` (summed over every rank) is ``< bound``; a bool mask ``(rows, cols)``.
+def _radix_cut(
+    comm: _Comm,
+    kernels: ModuleType,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    t: torch.Tensor,
+    cut: torch.Tensor | None,
+    counts: bool,
+    bound: torch.Tensor,
+) -> torch.Tensor:
+    """Per row, the smallest value ``v`` of ``z`` among the entries with weight ``> 0`` (see
+    ``torch_shard.histogram``) whose weight strictly above ``v`` (summed over every rank) is ``< bound``:
+    ``(rows, 1)`` in ``m``'s dtype, ``+inf`` for a row without weight (it keeps nothing).
 
     One byte of the order-preserving bits of ``z`` per round, most significant first: the
     float64 weight per byte value is all-reduced (256 bins per row), the bin holding the cut is
     the lowest non-empty bin whose weight strictly above is ``< bound``, and the search goes
-    on inside it. Rows with no weight keep nothing.
+    on inside it. Then ``w > 0 and z >= v`` is the kept set.
     """
-    key, width = _order_key(z)
-    rows = z.shape[0]
-    live = weight > 0  # entries still inside the chosen prefix
-    above = torch.zeros_like(live)  # entries known to be above the cut
-    mass_above = torch.zeros((rows, 1), dtype=torch.float64, device=z.device)
-    w64 = weight.to(torch.float64)
-    bins = torch.arange(256, device=z.device)
+    rows = x.shape[0]
+    width = 32 if m.dtype == torch.float32 else 64
+    prefix = torch.zeros((rows, 1), dtype=torch.int64, device=x.device)
+    mass_above = torch.zeros((rows, 1), dtype=torch.float64, device=x.device)
+    found = torch.ones((rows, 1), dtype=torch.bool, device=x.device)
+    bins = torch.arange(256, device=x.device)
     for shift in range(width - 8, -1, -8):
-        byte = (key >> shift) & 0xFF
-        slot = torch.where(live, byte, 256)
-        hist = torch.zeros((rows, 257), dtype=torch.float64, device=z.device).scatter_add_(1, slot, w64)[:, :256]
-        hist = comm.all_reduce(hist)
+        hist = comm.all_reduce(kernels.histogram(x, m, t, cut, counts, prefix, shift))
         # weight strictly above each bin: suffix sums, exclusive
         suffix = torch.flip(torch.cumsum(torch.flip(hist, [1]), 1), [1]) - hist
         strictly = mass_above + suffix
         candidate = (hist > 0) & (strictly < bound)
         chosen = torch.where(candidate, bins, 256).amin(dim=1, keepdim=True)  # the lowest candidate bin
-        mass_above = strictly.gather(1, chosen.clamp_max(255))
-        above |= live & (byte > chosen)
-        live &= byte == chosen
-    return above | live  # a row without a candidate bin kept nothing: live and above stay empty
-
-
-def _local_exponentials(
-    seed: torch.Tensor, row_id: torch.Tensor, offset: torch.Tensor, col0: torch.Tensor, cols: int
-) -> torch.Tensor:
-    """``(rows, cols)`` Exp(1) draws of the race for the global columns ``col0 .. col0 + cols - 1``.
-
-    Global column ``i`` reads word ``i % 4`` of Philox counter ``c0 = i // 4``, as in the single-device race.
-    """
-    c1, c2, c3 = (t[:, None] for t in _counters(row_id, offset))
-    groups = cols // 4 + 2
-    c0 = (col0 // 4 + torch.arange(groups, device=seed.device, dtype=torch.int64))[None, :]
-    words = torch.stack(philox(seed[:, None], c0, c1, c2, c3), dim=-1).flatten(1)
-    words = words.index_select(1, col0 % 4 + torch.arange(cols, device=seed.device, dtype=torch.int64))
-    return -torch.log(race_uniform(words))
+        found &= chosen < 256
+        chosen = chosen.clamp_max(255)
+        mass_above = strictly.gather(1, chosen)
+        prefix = (prefix << 8) | chosen
+    value = _key_value(prefix, m.dtype)[:, :1].to(m.dtype)
+    return torch.where(found, value, math.inf)
 
 
 def _draw_with_replacement_global(
-    comm: _Comm, w: torch.Tensor, layout: _Layout, seed, row_id, offset, num_samples: int
-) -> torch.Tensor:
-    """Inverse CDF over the concatenated rows: ``(rows, n)`` global ids, ``-1`` where a row has no weight."""
-    cols = w.shape[1]
-    cdf = torch.cumsum(w.to(torch.float64), dim=1)
-    masses = comm.all_gather(cdf[:, -1])  # (world, rows)
+    comm: _Comm, kernels: ModuleType, x, m, t, cut, min_p, layout: _Layout, seed, row_id, offset, num_samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse CDF over the concatenated rows: ``(rows, n)`` global ids (``-1`` where a row has no
+    weight) and the row's kept mass ``(rows, 1)`` float64."""
+    cols = x.shape[1]
+    masses = comm.all_gather(kernels.kept_mass(x, m, t, cut, min_p))  # (world, rows)
     prefix = torch.zeros_like(masses[0])
     before = prefix
     for r in range(comm.world):  # the prefix in rank order, the same additions on every rank
@@ -363,40 +364,29 @@ def _draw_with_replacement_global(
             before = prefix
         prefix = prefix + masses[r]
     target = uniform_per_sample(seed, row_id, offset, num_samples) * prefix[:, None]
-    idx = torch.searchsorted(before[:, None] + cdf, target, right=True)
-    positive = w > 0
-    local_cols = torch.arange(cols, device=w.device)
-    last = torch.where(positive, local_cols + layout.col0, -1).amax(dim=1, keepdim=True)
+    idx, last = kernels.search(x, m, t, cut, min_p, before, target)
+    last = torch.where(last >= 0, last + layout.col0, -1)[:, None]
     answer = torch.where(idx < cols, idx + layout.col0, _NOT_FOUND + (_COLUMN_LIMIT - 1 - last))
     answer = comm.all_reduce(answer, dist.ReduceOp.MIN)
     # rounding put the target at the very top: the last column with weight (-1 for a row without any)
     fallback = _COLUMN_LIMIT - 1 - (answer - _NOT_FOUND)
-    return torch.where(answer < _NOT_FOUND, answer, fallback)
+    return torch.where(answer < _NOT_FOUND, answer, fallback), prefix[:, None]
 
 
 def _draw_race_global(
-    comm: _Comm, w: torch.Tensor, z: torch.Tensor, layout: _Layout, seed, row_id, offset, num_samples: int
+    comm: _Comm, kernels: ModuleType, x, m, t, cut, min_p, layout: _Layout, seed, row_id, offset, num_samples: int
 ) -> torch.Tensor:
     """Exponential race: each rank's top-``n`` keys all-gathered; ``-1`` past a row's candidates."""
-    rows, cols = w.shape
-    positive = w > 0
-    exps = _local_exponentials(seed, row_id, offset, layout.col0, cols)
-    key = torch.where(positive, z - torch.log(exps), _NEG_INF)
-    n = min(num_samples, cols)
-    top = torch.topk(key, n, dim=1)
-    values = top.values.to(torch.float64)
-    ids = (top.indices + layout.col0).to(torch.float64)
-    if n < num_samples:
-        values = torch.cat([values, values.new_full((rows, num_samples - n), _NEG_INF)], dim=1)
-        ids = torch.cat([ids, ids.new_full((rows, num_samples - n), -1.0)], dim=1)
-    count = positive.sum(dim=1, keepdim=True).to(torch.float64)
-    table = comm.all_gather(torch.cat([values, ids, count], dim=1))  # (world, rows, 2n + 1)
+    rows = x.shape[0]
+    keys, ids, count = kernels.race(x, m, t, cut, min_p, seed, row_id, offset, layout.col0, num_samples)
+    parts = [keys.to(torch.float64), ids.to(torch.float64), count[:, None].to(torch.float64)]
+    table = comm.all_gather(torch.cat(parts, dim=1))  # (world, rows, 2n + 1)
     all_values = table[:, :, :num_samples].permute(1, 0, 2).reshape(rows, -1)
     all_ids = table[:, :, num_samples : 2 * num_samples].permute(1, 0, 2).reshape(rows, -1)
     counts = table[:, :, 2 * num_samples].sum(dim=0)[:, None]
     best = torch.topk(all_values, num_samples, dim=1).indices
     chosen = all_ids.gather(1, best).to(torch.int64)
-    available = torch.arange(num_samples, device=w.device)[None, :] < counts
+    available = torch.arange(num_samples, device=x.device)[None, :] < counts
     return torch.where(available, chosen, -1)
 
 
@@ -416,7 +406,8 @@ def _greedy_top_n(
     s = _shifted(x, m, m.dtype)
     candidate = s > _NEG_INF
     if k_tensor is not None:
-        candidate &= _top_k_keep(comm, s, k_tensor, k_max)
+        kernels = _shard_kernels(x)
+        candidate &= s >= _top_k_cut(comm, kernels, x, m, torch.ones_like(m), k_tensor, k_max)
     ranked = torch.sort(torch.where(candidate, s, _NEG_INF), dim=1, descending=True, stable=True)
     local = min(n, cols)
     values = ranked.values[:, :local].to(torch.float64)
@@ -433,20 +424,23 @@ def _greedy_top_n(
     return torch.where(all_values.gather(1, best) > _NEG_INF, chosen, -1)
 
 
-def _top_k_keep(comm: _Comm, z: torch.Tensor, top_k: torch.Tensor, k_max: int | None) -> torch.Tensor:
-    """Entries ``>=`` the global k-th largest ``z`` (``top_k`` 0 is off)."""
-    rows, cols = z.shape
+def _top_k_cut(
+    comm: _Comm,
+    kernels: ModuleType,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    t: torch.Tensor,
+    top_k: torch.Tensor,
+    k_max: int | None,
+) -> torch.Tensor:
+    """The global k-th largest ``z`` per row, ``(rows, 1)`` (``-inf`` where ``top_k`` is 0: off)."""
+    rows = x.shape[0]
     if k_max is not None:  # an int: gather every rank's top-k candidates
-        local = torch.topk(z, min(k_max, cols), dim=1).values
-        if local.shape[1] < k_max:
-            local = torch.cat([local, local.new_full((rows, k_max - local.shape[1]), _NEG_INF)], dim=1)
-        candidates = comm.all_gather(local).permute(1, 0, 2).reshape(rows, -1)
+        candidates = comm.all_gather(kernels.top_values(x, m, t, k_max)).permute(1, 0, 2).reshape(rows, -1)
         kth = torch.topk(candidates, k_max, dim=1).values[:, k_max - 1 :]
-        keep = z >= kth
     else:  # per-row k: radix select by counts, no host sync
-        counted = (z > _NEG_INF).to(z.dtype)
-        keep = _radix_floor(comm, z, counted, top_k.to(torch.float64)[:, None])
-    return keep | (top_k == 0)[:, None]
+        kth = _radix_cut(comm, kernels, x, m, t, None, True, top_k.to(torch.float64)[:, None])
+    return torch.where((top_k == 0)[:, None], _NEG_INF, kth)
 
 
 def _bad_row_error(
@@ -520,31 +514,35 @@ def _sample(
     """The filters and the draw of ``torch_sampling._sample_chunk`` on this rank's columns: global ids
     ``(rows, n)`` (``-1`` where a row has too few candidates) and, when asked, their float64 log-probs."""
     acc = m.dtype
-    s = _shifted(x, m, acc)
-    z = s / torch.where(greedy, 1.0, temp.to(acc))[:, None]
-    e = torch.exp(z)
-    keep = e > 0
+    kernels = _shard_kernels(x)
+    t = torch.where(greedy, 1.0, temp.to(acc))[:, None].to(acc)
+    cut = None
     if k_tensor is not None:
-        keep &= _top_k_keep(comm, z, k_tensor, k_max)
+        cut = _top_k_cut(comm, kernels, x, m, t, k_tensor, k_max)
     if p_tensor is not None:
-        w = torch.where(keep, e, 0)
-        total = comm.all_reduce(w.to(torch.float64).sum(dim=1, keepdim=True))
+        total = comm.all_reduce(kernels.kept_mass(x, m, t, cut, None)[:, None])
         bound = p_tensor[:, None].to(torch.float64) * total
-        keep &= (p_tensor >= 1)[:, None] | _radix_floor(comm, z, w, bound)
-    if minp_tensor is not None:
-        keep &= e >= minp_tensor[:, None].to(acc)
-    w = torch.where(keep, e, 0)
+        cut_p = torch.where((p_tensor >= 1)[:, None], _NEG_INF, _radix_cut(comm, kernels, x, m, t, cut, False, bound))
+        cut = cut_p if cut is None else torch.maximum(cut, cut_p)
+    min_p = None if minp_tensor is None else minp_tensor[:, None].to(acc)
+    draw = (kernels, x, m, t, cut, min_p, layout, keys, row_ids, offsets, num_samples)
+    mass = None
     if _draw_with_replacement(num_samples, replacement):
-        chosen = _draw_with_replacement_global(comm, w, layout, keys, row_ids, offsets, num_samples)
+        chosen, mass = _draw_with_replacement_global(comm, *draw)
     else:
-        chosen = _draw_race_global(comm, w, z, layout, keys, row_ids, offsets, num_samples)
+        chosen = _draw_race_global(comm, *draw)
     if not return_logprobs:
         return chosen, None
     local = chosen - layout.col0
     mine = (local >= 0) & (local < layout.cols)
-    picked = torch.where(mine, z.gather(1, local.clamp(0, layout.cols - 1)).to(torch.float64), 0.0)
-    summed = comm.all_reduce(torch.cat([w.to(torch.float64).sum(dim=1, keepdim=True), picked], dim=1))
-    return chosen, summed[:, 1:] - torch.log(summed[:, :1])
+    picked_x = x.gather(1, local.clamp(0, layout.cols - 1))
+    picked = torch.where(mine, torch_shard.z_of(picked_x, m, t).to(torch.float64), 0.0)
+    if mass is None:  # the race: the kept mass is summed here
+        summed = comm.all_reduce(torch.cat([kernels.kept_mass(x, m, t, cut, min_p)[:, None], picked], dim=1))
+        mass, picked = summed[:, :1], summed[:, 1:]
+    else:
+        picked = comm.all_reduce(picked)
+    return chosen, picked - torch.log(mass)
 
 
 def sample_from_logits(

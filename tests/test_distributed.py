@@ -2,11 +2,12 @@
 
 Real multi-process groups (gloo on CPU, a ``file://`` rendezvous, nothing beyond this host):
 each world size is launched once, as subprocesses running this file, and every case runs
-inside it. Every rank builds the full logits from the case's seed, keeps its (uneven)
-vocabulary shard, and compares the distributed answer with the single-device torch backend
-on the full logits: tokens must be equal (no tie allowance: the cases have none), log-probs
-close. Error cases must raise the single-device message on every rank; a rank that did not
-would wait in the next collective, and the hard timeout turns that into a failure.
+inside it, with the C++ shard kernels and (at one world size) with the torch ones. Every rank
+builds the full logits from the case's seed, keeps its (uneven) vocabulary shard, and compares
+the distributed answer with the single-device torch backend on the full logits: tokens must be
+equal (no tie allowance: the cases have none), log-probs close. Error cases must raise the
+single-device message on every rank; a rank that did not would wait in the next collective,
+and the hard timeout turns that into a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import traceback
 
 import pytest
 import torch
+from conftest import require_backend
 
 import stablesoftmax as ss
 
@@ -270,13 +272,18 @@ def _run_cases(rank: int, world: int) -> list[str]:
     return failures
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, backend: str) -> None:
     import torch.distributed as dist
+
+    import stablesoftmax.distributed as sd
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        failures = _run_cases(rank, world)
+        with ss.use_backend(backend):
+            kernels = sd._shard_kernels(torch.zeros(1, 1)).__name__.rsplit(".", 1)[-1]
+            failures = [] if kernels == f"{backend}_shard" else [f"shard kernels {kernels}, not {backend}'s"]
+            failures += _run_cases(rank, world)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -284,14 +291,17 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         json.dump(failures, f)
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_distributed_matches_single_device(world: int) -> None:
+# The local passes run on the C++ shard kernels (CPU tensors) at every world size, and on the torch ones
+# (what other devices and float64 use) at one uneven world size.
+@pytest.mark.parametrize(("world", "backend"), [(1, "cpp"), (2, "cpp"), (3, "cpp"), (4, "cpp"), (3, "torch")])
+def test_distributed_matches_single_device(world: int, backend: str) -> None:
+    require_backend(backend)
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "rendezvous")
         env = dict(os.environ, OMP_NUM_THREADS="1")
         procs = [
             subprocess.Popen(
-                [sys.executable, __file__, str(rank), str(world), init_file, tmp],
+                [sys.executable, __file__, str(rank), str(world), init_file, tmp, backend],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
             for rank in range(world)
@@ -315,4 +325,4 @@ def test_distributed_matches_single_device(world: int) -> None:
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
