@@ -86,6 +86,7 @@ class ThreadPool {
       for (std::int64_t i = 0; i < ntasks; ++i) fn(ctx, i);
       return;
     }
+    wait_for_helpers();
     int helpers = nthreads - 1;
     if (std::int64_t(helpers) > ntasks - 1) helpers = int(ntasks - 1);
     // Workers no job has needed for kRetireAfter jobs in a row are retired (callers that never call
@@ -102,6 +103,7 @@ class ThreadPool {
     ctx_ = ctx;
     ntasks_ = ntasks;
     next_.store(0, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
     pending_.store(helpers, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lk(wake_mu_);
@@ -110,7 +112,11 @@ class ThreadPool {
     }
     if (sleepers_.load(std::memory_order_acquire) > 0) wake_cv_.notify_all();
     work();
-    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    // Return once every task is done, not once every helper has checked in: a helper the OS has not
+    // scheduled yet (the other cores busy) would otherwise cost the caller its wake-up latency, hundreds
+    // of microseconds, on every call. Such a helper finds nothing left to claim; the next job waits for
+    // it (wait_for_helpers) before it rewrites the job's fields.
+    for (int spins = 0; done_.load(std::memory_order_acquire) != ntasks; ++spins) {
       if (spins < 4096) cpu_relax(); else std::this_thread::yield();
     }
   }
@@ -126,6 +132,7 @@ class ThreadPool {
   // Joins the workers beyond the first `keep` (called with the pool idle: every worker is spinning
   // or asleep between jobs). A job with no helpers wakes them; those past the limit exit.
   void retire_above(int keep) {
+    wait_for_helpers();
     if (keep < 0) keep = 0;
     if (int(workers_.size()) <= keep) return;
     limit_.store(keep, std::memory_order_relaxed);
@@ -166,6 +173,14 @@ class ThreadPool {
       const std::int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
       if (i >= ntasks_) return;
       fn_(ctx_, i);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+
+  // The helpers of the previous job have all left work() (they found its tasks taken or did them).
+  void wait_for_helpers() {
+    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+      if (spins < 4096) cpu_relax(); else std::this_thread::yield();
     }
   }
 
@@ -204,6 +219,7 @@ class ThreadPool {
   static constexpr int kRetireAfter = 16;
   int idle_jobs_ = 0, idle_max_ = 0;  // jobs in a row that left workers unused, most helpers among them  // helpers still working on the current job
   std::atomic<std::int64_t> next_{0};
+  std::atomic<std::int64_t> done_{0};  // tasks of the current job finished
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   std::int64_t ntasks_ = 0;
