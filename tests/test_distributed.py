@@ -269,6 +269,24 @@ def _run_cases(rank: int, world: int) -> list[str]:
             sd.logprobs_of(_shard(full3, rank, world), torch.full((2, 3, 1), 777))
 
     check("log_softmax and logprobs_of", softmax_cases)
+
+    def bytes_independent_of_vocab():
+        configs = [
+            dict(temperature=0.7), dict(temperature=0.0), dict(top_k=50), dict(top_p=0.9), dict(min_p=0.05),
+            dict(top_k=torch.tensor([3, 0, 9, 40]), top_p=0.8), dict(num_samples=4, replacement=False),
+            dict(num_samples=3, return_logprobs=True),
+        ]  # fmt: skip
+        for kw in configs:
+            sent = []
+            for vocab in (600, 60_000):
+                local = _shard(_logits(71, (4, vocab)), rank, world)
+                sd.reset_comm_stats()
+                sd.sample_from_logits(local, seed=5, **kw)
+                sent.append(sd.comm_stats()["bytes_sent"])
+            if sent[0] != sent[1]:
+                raise AssertionError(f"{kw}: bytes sent {sent} at V = 600 and 60,000")
+
+    check("communication independent of V", bytes_independent_of_vocab)
     return failures
 
 
