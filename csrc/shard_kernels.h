@@ -131,6 +131,19 @@ inline std::int64_t order_key32(float z) {
   return s + (std::int64_t(1) << 31);
 }
 
+// Lanes whose order key (order_key32) has key >> (shift + 8) == want, for shift 0, 8 or 16 (want < 2^24).
+template <int kShift> inline VM prefix_matches_at(VI key, std::int32_t want) {
+  // the high part and want are below 2^24, so their XOR is 0 exactly when its float conversion is
+  return eq(cvt_float(ixor(isrl<kShift + 8>(key), iset(want))), vzero());
+}
+inline VM prefix_matches(VF z, int shift, i64 want) {
+  const VI b = as_int(add(z, vzero()));                              // -0 folded onto +0
+  const VI s = ixor(b, isrl<1>(isra<31>(b)));                        // negative: all bits but the sign flipped
+  const VI key = ixor(s, iset(std::int32_t(0x80000000u)));           // + 2^31 (mod 2^32): the unsigned key
+  const std::int32_t w = std::int32_t(want);
+  return shift == 16 ? prefix_matches_at<16>(key, w) : shift == 8 ? prefix_matches_at<8>(key, w) : prefix_matches_at<0>(key, w);
+}
+
 void shard_histogram_kernel(const ShardArgs& a, bool counts, const i64* prefix, int shift, double* hist) {
   with_dtype(a.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -139,24 +152,23 @@ void shard_histogram_kernel(const ShardArgs& a, bool counts, const i64* prefix, 
     shard_rows(a, [&](i64 r) {
       const T* x = shard_row<T>(a, r);
       const ShardRow p(a, r);
-      double* h = hist + r * 256;
-      std::fill(h, h + 256, 0.0);
+      double part[4][256] = {};
       const i64 want = prefix[r];
       float zb[kLanes], wb[kLanes];
       for (i64 i = 0; i < V; i += kLanes) {
         const i64 len = std::min<i64>(kLanes, V - i);
         const VF z = p.z(load_upto(x + i, len, -kInf));
         const VF w = counts ? keep(m_and(gt(z, vset(-kInf)), ge(z, vset(p.cut))), vset(1.0f)) : p.w(z);
-        const unsigned live = mask_bits(gt(w, vzero())) & ((len == kLanes ? 0u : (1u << len)) - 1u);
+        unsigned live = mask_bits(gt(w, vzero())) & ((len == kLanes ? 0u : (1u << len)) - 1u);
+        if (live && !whole) live &= mask_bits(prefix_matches(z, shift, want));
         if (!live) continue;
         store(zb, z);
         store(wb, w);
-        for_each_bit(live, [&](int j) {
-          const std::int64_t key = order_key32(zb[j]);
-          if (!whole && (key >> (shift + 8)) != want) return;
-          h[(key >> shift) & 0xFF] += double(wb[j]);
-        });
+        // four partial histograms (lane j into part j % 4) so that runs of one bin do not chain their adds
+        for_each_bit(live, [&](int j) { part[j & 3][(order_key32(zb[j]) >> shift) & 0xFF] += double(wb[j]); });
       }
+      double* h = hist + r * 256;
+      for (int b = 0; b < 256; ++b) h[b] = (part[0][b] + part[1][b]) + (part[2][b] + part[3][b]);
     });
   });
 }
