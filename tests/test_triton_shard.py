@@ -149,9 +149,10 @@ def test_z_rounds_and_overflows_like_torch() -> None:
 
 # every filter combination on float32; the 16-bit dtypes (only the load differs) with both filters
 RACE_CASES = [(torch.float32, f) for f in FILTERS] + [(d, (True, True)) for d in DTYPES[1:]]
+RACE_IDS = [f"{FILTER_IDS[FILTERS.index(f)]}-{d}" for d, f in RACE_CASES]
 
 
-@pytest.mark.parametrize(("dtype", "filters"), RACE_CASES, ids=[f"{d}-{f}" for d, f in RACE_CASES])
+@pytest.mark.parametrize(("dtype", "filters"), RACE_CASES, ids=RACE_IDS)
 def test_race(dtype: torch.dtype, filters) -> None:
     x, m, t, cut, min_p = _case(dtype, 5)
     cut, min_p = _filters(cut, min_p, filters)
