@@ -204,6 +204,10 @@ def _shard_kernels(x: torch.Tensor) -> ModuleType:
         from .backends import cpp_shard
 
         return cpp_shard
+    if name == "triton" and x.is_cuda and x.dtype != torch.float64:
+        from .backends import triton_shard
+
+        return triton_shard
     return torch_shard
 
 
