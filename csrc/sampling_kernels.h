@@ -40,7 +40,10 @@ constexpr std::size_t kScratchCapBytes = std::size_t(16) << 20;  // 16 MiB per v
 template <class Vec> struct ReleaseIfLarge {
   Vec& v;
   ~ReleaseIfLarge() {
-    if (v.capacity() * sizeof(typename Vec::value_type) > kScratchCapBytes) Vec().swap(v);
+    if (v.capacity() * sizeof(typename Vec::value_type) > kScratchCapBytes) {
+      Vec().swap(v);
+      return_free_memory();
+    }
   }
 };
 template <class Vec> ReleaseIfLarge(Vec&) -> ReleaseIfLarge<Vec>;

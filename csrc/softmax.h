@@ -16,6 +16,9 @@
 #include <cstring>
 #include <string>
 #include <vector>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 // The vector layer's functions: always inlined (an out-of-line call per vector costs more than the work).
 #if defined(__GNUC__) || defined(__clang__)
@@ -25,6 +28,16 @@
 #endif
 
 namespace ssm {
+
+// Hands the allocator's free memory back to the OS (glibc: malloc_trim). Called after a scratch buffer
+// larger than the per-thread cap was freed: glibc raises its mmap threshold (up to 32 MiB) each time an
+// mmapped block is freed, so the next large buffers come from the heap, and freeing them alone would
+// leave tens of MiB resident, depending on what ran before.
+inline void return_free_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
 
 enum DType : int { kF16 = 0, kBF16 = 1, kF32 = 2, kF64 = 3 };
 

@@ -22,7 +22,8 @@ finds the exact cut; min-p locally; with replacement, an all-gather of each rank
 a prefix across ranks, and a min-all-reduce of each rank's candidate; without replacement,
 the exponential race keyed by the global column, each rank's top-``n`` keys all-gathered.
 ``docs/distributed.md`` counts the bytes. The passes over the shard are the shard kernels of the
-backend that samples the tensor (C++ on CPU, torch ops elsewhere; ``backends/torch_shard.py``).
+backend that samples the tensor (C++ on CPU, Triton on CUDA, torch ops elsewhere and for float64;
+``backends/torch_shard.py`` documents them).
 
 Randomness: ``seed`` (an int, or one int per row) keys the stream exactly as in the
 single-device call. Without ``seed``, the group's rank 0 draws the call's seed from its
