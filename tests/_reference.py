@@ -73,3 +73,30 @@ def assert_close_to_reference(out: torch.Tensor, ref: torch.Tensor, log: bool) -
             f"{int(bad.sum())} of {bad.numel()} elements out of bounds ({out.dtype}); first: got {o[i].item()!r}, "
             f"reference {r[i].item()!r}, error {err[i].item():.3g} > {allowed[i].item():.3g}"
         )
+
+
+def shard_case(dtype: torch.dtype, seed: int, rows: int, cols: int, device: torch.device | str = "cpu"):
+    """A shard for the shard-kernel tests: ``(x, m, t, cut, min_p)`` (see backends/torch_shard.py).
+
+    Fresh random logits (``rows >= 6``) with ``-inf`` entries (row 0), padding columns (row 1), ``+inf``
+    entries (row 2), a masked row (3), a per-row temperature (``inf`` in row 5), the global maximum by the
+    shift rule, a ``cut`` at about the 90th percentile of ``z`` and a per-row ``min_p``.
+    """
+    from stablesoftmax.backends import torch_shard
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, cols, generator=g, dtype=torch.float64) * 3).to(dtype)
+    x[0, torch.randperm(cols, generator=g)[: cols // 5]] = -math.inf
+    x[1, -77:] = -math.inf
+    x[2, [5, cols // 2, cols - 1]] = math.inf
+    x[3] = -math.inf
+    xf = x.float()
+    finite = torch.where(torch.isfinite(xf), xf, -math.inf)
+    m = torch.where((xf == math.inf).any(1), math.inf, finite.amax(1))[:, None]
+    m[3] = -math.inf
+    t = torch.tensor([1.0, 0.7, 2.0, 1.0, 0.3, math.inf] + [1.0] * (rows - 6))[:, None]
+    z = torch_shard.z_of(x, m, t)
+    cut = torch.quantile(torch.where(torch.isfinite(z), z, -1e30).double(), 0.9, dim=1).float()[:, None]
+    cut = torch.where(torch.isfinite(z).any(1, keepdim=True), z.masked_fill(z < cut, math.inf).amin(1, True), -math.inf)
+    min_p = torch.tensor([0.0, 0.05, 0.5, 0.1, 1e-3, 0.2] + [0.0] * (rows - 6))[:, None]
+    return tuple(v.to(device) for v in (x, m, t, cut, min_p))

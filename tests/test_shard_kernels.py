@@ -9,10 +9,9 @@ that the race reads the Philox words of global columns.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from _reference import shard_case
 from conftest import CPP_ISAS, cpp_isa
 
 from stablesoftmax.backends import torch_shard
@@ -22,24 +21,8 @@ cpp_shard = pytest.importorskip("stablesoftmax.backends.cpp_shard")
 ROWS, COLS = 6, 1500
 
 
-def _case(dtype: torch.dtype, seed: int, inf_rows: bool = True):
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(ROWS, COLS, generator=g, dtype=torch.float64) * 3).to(dtype)
-    x[0, torch.randperm(COLS, generator=g)[:300]] = -math.inf
-    x[1, -77:] = -math.inf  # padding columns
-    if inf_rows:
-        x[2, [5, 700, 1499]] = math.inf
-    x[3] = -math.inf  # a masked row
-    xf = x.float()
-    finite = torch.where(torch.isfinite(xf), xf, -math.inf)
-    m = torch.where((xf == math.inf).any(1), math.inf, finite.amax(1))[:, None]
-    m[3] = -math.inf
-    t = torch.tensor([1.0, 0.7, 2.0, 1.0, 0.3, math.inf])[:, None]
-    z = torch_shard.z_of(x, m, t)
-    cut = torch.quantile(torch.where(torch.isfinite(z), z, -1e30).double(), 0.9, dim=1).float()[:, None]
-    cut = torch.where(torch.isfinite(z).any(1, keepdim=True), z.masked_fill(z < cut, math.inf).amin(1, True), -math.inf)
-    min_p = torch.tensor([0.0, 0.05, 0.5, 0.1, 1e-3, 0.2])[:, None]
-    return x, m, t, cut, min_p
+def _case(dtype: torch.dtype, seed: int):
+    return shard_case(dtype, seed, ROWS, COLS)
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from _reference import shard_case
 from conftest import DEVICE, require_backend
 
 import stablesoftmax as ss
@@ -34,22 +35,7 @@ LOG_ATOL = 1e-6 if DEVICE.type == "cpu" else 1e-5
 
 
 def _case(dtype: torch.dtype, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(ROWS, COLS, generator=g, dtype=torch.float64) * 3).to(dtype)
-    x[0, torch.randperm(COLS, generator=g)[:140]] = -math.inf
-    x[1, -77:] = -math.inf  # padding columns
-    x[2, [5, 300, COLS - 1]] = math.inf
-    x[3] = -math.inf  # a masked row
-    xf = x.float()
-    finite = torch.where(torch.isfinite(xf), xf, -math.inf)
-    m = torch.where((xf == math.inf).any(1), math.inf, finite.amax(1))[:, None]
-    m[3] = -math.inf
-    t = torch.tensor([1.0, 0.7, 2.0, 1.0, 0.3, math.inf])[:, None]
-    z = torch_shard.z_of(x, m, t)
-    cut = torch.quantile(torch.where(torch.isfinite(z), z, -1e30).double(), 0.9, dim=1).float()[:, None]
-    cut = torch.where(torch.isfinite(z).any(1, keepdim=True), z.masked_fill(z < cut, math.inf).amin(1, True), -math.inf)
-    min_p = torch.tensor([0.0, 0.05, 0.5, 0.1, 1e-3, 0.2])[:, None]
-    return tuple(v.to(DEVICE) for v in (x, m, t, cut, min_p))
+    return shard_case(dtype, seed, ROWS, COLS, DEVICE)
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
