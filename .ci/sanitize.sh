@@ -15,7 +15,7 @@ flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-po
   "-Ccmake.define.CMAKE_CXX_FLAGS=$flags" "-Ccmake.define.CMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined"
 so=$(cd /tmp && "$venv/bin/python" -c "import importlib.util as u; print(u.find_spec('stablesoftmax._C').origin)" 2>/dev/null || true)
 [ -n "$so" ] || { echo "sanitize: the extension was not installed"; exit 1; }
-ldd "$so" | grep -q libasan || { echo "sanitize: $so is not an ASan build"; exit 1; }
+ldd "$so" | grep libasan >/dev/null || { echo "sanitize: $so is not an ASan build"; exit 1; }
 preload="$(g++ -print-file-name=libasan.so):$(g++ -print-file-name=libubsan.so)"
 # Run from outside the source tree so the installed (sanitized) package is the one imported.
 cd /tmp

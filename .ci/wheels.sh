@@ -91,8 +91,9 @@ for arch in x86_64 aarch64; do
   "$tools/bin/python" -m zipfile -e "$raw" "$work/unpack-$arch"
   so=$work/unpack-$arch/stablesoftmax/_C${suffix[$arch]}
   [[ -f $so ]] || die "$arch wheel lacks stablesoftmax/_C${suffix[$arch]}: $(cd "$work/unpack-$arch" && find . -name '*.so')"
-  readelf -h "$so" | grep -q "Machine: *${machine[$arch]}$" || die "$so is not ${machine[$arch]}: $(file -b "$so")"
-  readelf --dyn-syms -W "$so" | grep -q ' PyInit__C$' || die "$so does not export PyInit__C"
+  # (grep reads all of its input: with pipefail, `grep -q` quitting early would fail readelf with SIGPIPE)
+  readelf -h "$so" | grep "Machine: *${machine[$arch]}$" >/dev/null || die "$so is not ${machine[$arch]}: $(file -b "$so")"
+  readelf --dyn-syms -W "$so" | grep ' PyInit__C$' >/dev/null || die "$so does not export PyInit__C"
   say "$arch: $(file -b "$so" | cut -d, -f1-2); needs $(readelf -d "$so" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | tr '\n' ' ')"
 
   # auditwheel repair, --plat auto: the oldest manylinux tag the wheel satisfies (an explicit --plat is refused for a
