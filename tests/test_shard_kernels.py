@@ -12,11 +12,22 @@ from __future__ import annotations
 import pytest
 import torch
 from _reference import shard_case
-from conftest import CPP_ISAS, cpp_isa
+from conftest import CPP_ISAS, cpp_isa, require_backend
 
 from stablesoftmax.backends import torch_shard
 
-cpp_shard = pytest.importorskip("stablesoftmax.backends.cpp_shard")
+
+@pytest.fixture(autouse=True)
+def _cpp_backend():
+    """The C++ extension must be there on CI (require_backend fails there, skips elsewhere)."""
+    require_backend("cpp")
+
+
+def _cpp_shard():
+    from stablesoftmax.backends import cpp_shard
+
+    return cpp_shard
+
 
 ROWS, COLS = 6, 1500
 
@@ -37,13 +48,13 @@ def test_mass_and_search(isa: str, dtype: torch.dtype, filters) -> None:
     cut = cut if filters[0] else None
     min_p = min_p if filters[1] else None
     with cpp_isa(isa):
-        mass = cpp_shard.kept_mass(x, m, t, cut, min_p)
+        mass = _cpp_shard().kept_mass(x, m, t, cut, min_p)
         want = torch_shard.kept_mass(x, m, t, cut, min_p)
         torch.testing.assert_close(mass, want, rtol=2e-6, atol=1e-300)
         before = torch.linspace(0.0, 3.0, ROWS, dtype=torch.float64)
         u = torch.rand(ROWS, 40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         targets = before[:, None] + (u * 1.1 - 0.05) * want[:, None]  # some before the shard, some past it
-        idx, last = cpp_shard.search(x, m, t, cut, min_p, before, targets)
+        idx, last = _cpp_shard().search(x, m, t, cut, min_p, before, targets)
         want_idx, want_last = torch_shard.search(x, m, t, cut, min_p, before, targets)
     assert torch.equal(last, want_last)
     # a target within rounding of a boundary may fall either side: allow a neighbouring kept column
@@ -63,7 +74,7 @@ def test_histogram_rounds(isa: str, dtype: torch.dtype, counts: bool) -> None:
         for c in (None, cut):
             prefix = torch.zeros((ROWS, 1), dtype=torch.int64)
             for shift in (24, 16, 8, 0):
-                got = cpp_shard.histogram(x, m, t, c, counts, prefix, shift)
+                got = _cpp_shard().histogram(x, m, t, c, counts, prefix, shift)
                 want = torch_shard.histogram(x, m, t, c, counts, prefix, shift)
                 torch.testing.assert_close(got, want, rtol=1e-12 if counts else 2e-6, atol=1e-300)  # exp: ulps
                 # follow the key of each row's median-ish live entry down
@@ -78,7 +89,7 @@ def test_top_values(isa: str, dtype: torch.dtype) -> None:
     x, m, t, _, _ = _case(dtype, 4)
     with cpp_isa(isa):
         for k in (1, 7, 50, COLS + 3):
-            got = cpp_shard.top_values(x, m, t, k)
+            got = _cpp_shard().top_values(x, m, t, k)
             want = torch_shard.top_values(x, m, t, k)
             assert torch.equal(got, want), k
 
@@ -96,7 +107,7 @@ def test_race(isa: str, dtype: torch.dtype, filters) -> None:
     with cpp_isa(isa):
         for col0 in (0, 3, 1_000_001):
             for n in (1, 5, 2000):
-                keys, ids, count = cpp_shard.race(x, m, t, cut, min_p, seed, row_id, offset, torch.tensor(col0), n)
+                keys, ids, count = _cpp_shard().race(x, m, t, cut, min_p, seed, row_id, offset, torch.tensor(col0), n)
                 wk, wi, wc = torch_shard.race(x, m, t, cut, min_p, seed, row_id, offset, torch.tensor(col0), n)
                 assert torch.equal(count, wc)
                 torch.testing.assert_close(keys, wk.float(), rtol=2e-6, atol=1e-6)  # std::log vs torch.log: ulps
