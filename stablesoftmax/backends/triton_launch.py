@@ -16,10 +16,11 @@ in the one oversized grid (results unchanged; one piece for every usual shape).
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
-__all__ = ["MAX_GRID_X", "MAX_GRID_YZ", "grid_pieces", "launch_guard"]
+__all__ = ["MAX_GRID_X", "MAX_GRID_YZ", "grid_pieces", "launch_guard", "native_ptx"]
 
 #: CUDA's limits on a launch grid: x up to 2**31 - 1 programs, y and z up to 65,535.
 MAX_GRID_X = 2**31 - 1
@@ -43,6 +44,18 @@ def launch_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     if index is None:
         return contextlib.nullcontext()
     return torch.cuda.device(index)
+
+
+def native_ptx(device: torch.device) -> bool:
+    """Whether kernels launched for ``device`` are compiled to NVIDIA PTX, so that they may use
+    its instructions inline (``ex2.approx.ftz``) and its correctly rounding casts.
+
+    True on CUDA (and on ``meta``, which the ahead-of-time compile check launches with, standing
+    for CUDA); false in Triton's interpreter (``TRITON_INTERPRET=1``: no inline PTX, and casts that
+    truncate to bfloat16 and warn on float16 overflow), on ROCm and on every other device.
+    """
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")  # as _dispatch reads it
+    return device.type in ("cuda", "meta") and torch.version.hip is None and not interpreted
 
 
 def grid_pieces(grid: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -3,12 +3,20 @@
 Every kernel applies the shift rule of the SPEC, accumulating in float32 (float64 when
 an input or the output is float64):
 
-* ``m`` = row maximum; a NaN anywhere in a row makes the whole output row NaN (tracked
-  with an explicit ``x != x`` flag, never through ``max``);
+* ``m`` = row maximum; a NaN anywhere in a row makes the whole output row NaN;
 * ``s_i = x_i - m`` where ``m`` is finite, ``x_i - 0`` where ``m = -inf``, and
   ``0 if x_i == +inf else -inf`` where ``m = +inf``;
 * ``e_i = exp(s_i)``, ``S = sum e_i`` (``1`` where it is ``0``, a fully masked row);
 * softmax ``e_i / S``; log_softmax ``s_i - log S``.
+
+The rare cases cost nothing per element on the usual path: the max is taken with a
+NaN-propagating ``max`` (one ``max.NaN``), so a NaN row has a NaN max and ``x - m`` carries
+it to every output; a +inf max is a uniform branch per tile, block or row, taken only
+when there is one. On NVIDIA PTX (``NATIVE``) the exponentials are one
+``ex2.approx.ftz`` (no subnormal fix-up; bfloat16 softmax outputs, which can hold
+float32's subnormals, keep the full ``exp``) and the float32 -> float16 / bfloat16
+stores use the hardware's round-to-nearest casts, which already overflow to +-inf; the
+interpreter takes ``tl.exp`` and rounds by hand (``_cast_out``).
 
 Forward paths (see :func:`_plan`):
 
@@ -17,16 +25,15 @@ Forward paths (see :func:`_plan`):
     in registers; one read, one write.
 ``looped``
     longer rows, enough of them to fill the device: one program per row. The row is read
-    chunk by chunk; per chunk, per-lane running maxima, counts of entries at the max, and
-    rescaled sums of the entries below it (one ``exp`` per element; +inf counted apart; a
-    NaN poisons its lane's sum), reduced to the chunk's partial, which goes to a small
-    workspace; the partials are then combined, and the second loop writes, walking the
-    row backwards so that its most recently read tail is still in L2.
+    chunk by chunk (one block of ``LOOPED_BLOCK`` columns per chunk, in registers): per
+    chunk its max, then ``exp(x - max)`` summed (log_softmax: the entries at the max
+    counted apart), one ``exp`` per element, to the chunk's partial in a small workspace;
+    the partials are then combined, and the second loop writes, walking the row
+    backwards so that its most recently read tail is still in L2.
 ``split``
     longer rows, too few of them to fill the device (decoding, ``1 x 152064``): one
-    program per chunk. Kernel 1 writes each chunk's partial (max, count at the max, sum
-    below it, +inf count; NaN in the sum) to the workspace; kernel 2 combines its row's
-    partials and writes its chunk.
+    program per chunk. Kernel 1 writes each chunk's partial (the same code as the looped
+    path) to the workspace; kernel 2 combines its row's partials and writes its chunk.
 
 Batch invariance: the looped and split paths cut a row into the same chunks (a function
 of the row length and the accumulation dtype only, never of the number of rows), compute
@@ -52,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_launch import grid_pieces, launch_guard
+from .triton_launch import grid_pieces, launch_guard, native_ptx
 
 __all__ = [
     "LOOPED_BLOCK",
@@ -81,10 +88,16 @@ _FUSED_TILE = 4096
 _FALLBACK_SMS = 4
 #: Programs per multiprocessor the split decision aims for.
 _PROGRAMS_PER_SM = 4
-#: Register cap handed to ptxas for the looped forward kernel with float32 accumulation: left alone,
-#: ptxas aimed at three 16-warp programs per SM on sm_90 (40 registers) and spilled; 64 keeps two, as
-#: before, with no spill. (float64 accumulation needs ~150 registers and keeps ptxas's choice.)
-_LOOPED_MAXNREG = 64
+#: Register cap handed to ptxas for the looped forward kernel with float32 accumulation: 4 warps
+#: hold a 4,096-column block at 32 elements per thread, and rows of odd length (16-bit scalar
+#: accesses) spilled at ptxas's own choice and at 64. (float64 accumulation keeps ptxas's choice.)
+_LOOPED_MAXNREG = 96
+#: Fewest warps of the split path's write kernel: it has no reductions to amortise, and with 4 warps
+#: ptxas spilled on rows of odd length.
+_MIN_WRITE_WARPS = 8
+#: Register cap of the fused backward kernel: at ptxas's own choice (80 on sm_100) a float16 tile of
+#: 32 rows of odd length spilled.
+_BWD_FUSED_MAXNREG = 128
 
 
 # --------------------------------------------------------------------------- kernels
@@ -99,95 +112,53 @@ def _acc(x, ACC_F64: tl.constexpr):
 
 
 @triton.jit
-def _shift(x, m):
-    """``s = x - m`` under the shift rule; ``m`` broadcasts against ``x``."""
-    inf = float("inf")
-    m_safe = tl.where(tl.abs(m) == inf, 0.0, m)
-    s_inf = tl.where(x == inf, 0.0, -inf)
-    return tl.where(m == inf, s_inf, x - m_safe)
+def _max_nan(a, b):
+    """``max`` that returns NaN when either side is NaN (one ``max.NaN`` instruction): a row's
+    maximum is then NaN exactly when the row holds a NaN, and ``x - m`` carries it to every
+    output of the row, with no per-element NaN bookkeeping."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
-def _online_update(x, m_vec, c_vec, d_vec, k_vec):
-    """Fold one block of ``x`` (accumulation dtype, pads = -inf) into the per-lane state.
-
-    ``m_vec``: running max over finite values and -inf; ``c_vec``: how many entries equal
-    it (finite ones only); ``d_vec``: sum of ``exp(x - m_vec)`` over the entries below it
-    (kept apart so that ``log(c + d)`` stays accurate when ``d`` is tiny); ``k_vec``: count
-    of +inf. A NaN turns its lane's ``d_vec`` into NaN, which arithmetic then carries to
-    the row sum (``max`` never sees it).
-    """
-    inf = float("inf")
-    is_nan = x != x
-    is_pinf = x == inf
-    k_vec += is_pinf.to(tl.int32)
-    xc = tl.where(is_nan | is_pinf, -inf, x)
-    gt = xc > m_vec
-    eq = (xc == m_vec) & (xc != -inf)
-    hi = tl.maximum(m_vec, xc)
-    lo = tl.minimum(m_vec, xc)
-    # exp(lo - hi) is the factor of whichever side is smaller; 0 when both are -inf.
-    t = tl.exp(lo - tl.where(hi == -inf, 0.0, hi))
-    d_vec = tl.where(gt, (d_vec + c_vec) * t, tl.where(eq, d_vec, d_vec + t))
-    c_vec = tl.where(gt, 1.0, tl.where(eq, c_vec + 1.0, c_vec))
-    d_vec = tl.where(is_nan, float("nan"), d_vec)
-    return hi, c_vec, d_vec, k_vec
-
-
-@triton.jit
-def _combine(m_p, c_p, d_p):
-    """Merge partial states (max, count at max, sum below max) along axis 0."""
-    m = tl.max(m_p, axis=0)
-    on_max = m_p == m
-    scale = tl.exp(m_p - tl.where(m == -float("inf"), 0.0, m))
-    c = tl.sum(tl.where(on_max, c_p, 0.0), axis=0)
-    d = tl.sum(tl.where(on_max, d_p, (d_p + c_p) * scale), axis=0)
-    return m, c, d
-
-
-@triton.jit
-def _log1p(t):
-    """log(1 + t), accurate for small t with an accurate log (Goldberg's trick)."""
-    u = 1.0 + t
-    return tl.where(u == 1.0, t, tl.log(u) * (t / tl.where(u == 1.0, 1.0, u - 1.0)))
-
-
-@triton.jit
-def _normaliser(m, c, d, k):
-    """Row (max, sum, log sum) that the write pass uses: +inf entries win, an empty sum is 1.
-
-    ``c`` entries sit at the max, ``d`` is the sum below it, ``k`` counts +inf.
-    """
-    kf = k.to(d.dtype)
-    total = c + d
-    total = tl.where(total == 0.0, 1.0, total)
-    log_total = tl.where(c == 1.0, _log1p(d), tl.log(total))
-    m_eff = tl.where(k > 0, float("inf"), m)
-    s_eff = tl.where(k > 0, kf, total)
-    log_s = tl.where(k > 0, tl.log(tl.where(k > 0, kf, 1.0)), log_total)
-    return m_eff, s_eff, log_s
-
-
-@triton.jit
-def _finish(x, m_eff, s_eff, log_s, has_nan, LOG: tl.constexpr):
-    s = _shift(x, m_eff)
-    if LOG:  # noqa: SIM108 (constexpr branch)
-        y = s - log_s
+def _nan_max(x, axis: tl.constexpr, NATIVE: tl.constexpr):
+    """The max along ``axis``, NaN where a NaN is among the values: one ``max.NaN`` per element
+    on NVIDIA PTX; the interpreter (whose reductions with a Python combine function run element by
+    element) takes its own ``max`` and a NaN flag."""
+    if NATIVE:
+        return tl.reduce(x, axis, _max_nan)
     else:
-        y = tl.exp(s) * (1.0 / s_eff)
-    return tl.where(has_nan, float("nan"), y)
+        has_nan = tl.max((x != x).to(tl.int32), axis=axis) > 0
+        return tl.where(has_nan, float("nan"), tl.max(x, axis=axis))
 
 
 @triton.jit
-def _cast_out(y, dst: tl.constexpr):
+def _exp(s, FTZ: tl.constexpr):
+    """``exp(s)``; with ``FTZ`` (float32 on NVIDIA PTX only) one ``ex2.approx.ftz``: results below
+    float32's smallest normal (~1.2e-38) become 0, which saves the subnormal fix-up around the
+    ``ex2`` and changes no float16 output and no float32 one by more than the SPEC's 1e-9."""
+    if FTZ:
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=f,f", [s * 1.4426950408889634], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return tl.exp(s)
+
+
+@triton.jit
+def _cast_out(y, dst: tl.constexpr, NATIVE: tl.constexpr, BOUNDED: tl.constexpr):
     """``y.to(dst)`` rounded to nearest even, values past the largest finite of ``dst``
-    becoming +-inf, the same on a GPU and in the interpreter (whose casts warn on
-    overflow and truncate to bfloat16)."""
+    becoming +-inf. ``NATIVE`` (NVIDIA PTX): the hardware casts do exactly that from float32.
+    Otherwise (the interpreter, whose casts warn on overflow and truncate to bfloat16; and any
+    cast from float64) the rounding is done by hand. ``BOUNDED``: ``|y| <= 1`` (softmax), no
+    overflow to handle."""
+    if NATIVE and y.dtype == tl.float32:
+        return y.to(dst)
     big: tl.constexpr = 0.0
-    if dst == tl.float16:
-        big = 65520.0  # 65504 + half an ulp
-    elif (dst == tl.float32 or dst == tl.bfloat16) and y.dtype == tl.float64:
-        big = 3.4028235677973366e38  # 2**128 - 2**103: float32's
+    if not BOUNDED:
+        if dst == tl.float16:
+            big = 65520.0  # 65504 + half an ulp
+        elif (dst == tl.float32 or dst == tl.bfloat16) and y.dtype == tl.float64:
+            big = 3.4028235677973366e38  # 2**128 - 2**103: float32's
     if big != 0.0:
         y = tl.where(y >= big, float("inf"), tl.where(y <= -big, -float("inf"), y))
     if dst == tl.bfloat16:
@@ -205,54 +176,112 @@ def _cast_out(y, dst: tl.constexpr):
 
 
 @triton.jit
+def _log_total(c, d):
+    """``log(c + d)`` for ``c`` entries at the max and a sum ``d`` below it, ``0`` for an empty sum
+    (a row of -inf). With one entry at the max it is ``log1p(d)`` (Goldberg's trick: ``log(u) *
+    d / (u - 1)`` for ``u = 1 + d``), so that ``-log S`` keeps its relative accuracy when ``S`` is
+    within an ulp of 1; one ``log`` either way."""
+    one = c == 1.0
+    u = tl.where(one, 1.0 + d, c + d)
+    log_u = tl.log(tl.where(u == 0.0, 1.0, u))
+    exact = u == 1.0  # log1p(d) = d to working precision
+    return tl.where(one, tl.where(exact, d, log_u * (d / tl.where(exact, 1.0, u - 1.0))), log_u)
+
+
+@triton.jit
+def _inf_rule(x, m):
+    """The rare rows whose max ``m`` is +inf, made ordinary: their entries become ``0`` at +inf
+    and ``-inf`` elsewhere, their max ``0``; ``x - m`` is then the SPEC's shift for them. The
+    caller runs this only when some row of its tile has a +inf (a uniform branch)."""
+    inf_row = m == float("inf")
+    x = tl.where(inf_row[:, None], tl.where(x == float("inf"), 0.0, -float("inf")), x)
+    return x, tl.where(inf_row, 0.0, m)
+
+
+@triton.jit
 def _fwd_fused_kernel(
     x_ptr, out_ptr, rows, cols, x_stride, out_stride, pid0,
-    BLOCK: tl.constexpr, ROWS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = (tl.program_id(0).to(tl.int64) + pid0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     col = tl.arange(0, BLOCK)
     mask = (row[:, None] < rows) & (col[None, :] < cols)
-    x = tl.load(x_ptr + row[:, None] * x_stride + col[None, :], mask=mask, other=-float("inf"))
-    x = _acc(x, ACC_F64)
-    is_nan = x != x
-    has_nan = tl.max(is_nan.to(tl.int32), axis=1) > 0
-    m = tl.max(tl.where(is_nan, -float("inf"), x), axis=1)  # NaN rows are overwritten below
-    s = _shift(x, m[:, None])
-    e = tl.exp(s)
-    at_max = s == 0.0  # the max's entries (the +inf ones when m = +inf)
-    c = tl.sum(at_max.to(e.dtype), axis=1)
-    d = tl.sum(tl.where(at_max, 0.0, e), axis=1)
-    total = c + d
-    total = tl.where(total == 0.0, 1.0, total)  # a row of -inf
-    if LOG:  # noqa: SIM108 (constexpr branch)
-        y = s - tl.where(c == 1.0, _log1p(d), tl.log(total))[:, None]
+    x = _acc(tl.load(x_ptr + row[:, None] * x_stride + col[None, :], mask=mask, other=-float("inf")), ACC_F64)
+    m = _nan_max(x, 1, NATIVE)  # NaN for a row with a NaN: then every s below is NaN
+    if tl.max(m, axis=0) == float("inf"):
+        x, m = _inf_rule(x, m)
+    s = x - tl.where(m == -float("inf"), 0.0, m)[:, None]
+    dst: tl.constexpr = out_ptr.dtype.element_ty
+    if LOG:
+        e = _exp(s, NATIVE and not ACC_F64)
+        at_max = s == 0.0  # the max's entries
+        c = tl.sum(at_max.to(e.dtype), axis=1)
+        d = tl.sum(tl.where(at_max, 0.0, e), axis=1)
+        y = s - _log_total(c, d)[:, None]
     else:
-        y = e * (1.0 / total)[:, None]
-    y = tl.where(has_nan[:, None], float("nan"), y)
-    tl.store(out_ptr + row[:, None] * out_stride + col[None, :], _cast_out(y, out_ptr.dtype.element_ty), mask=mask)
+        e = _exp(s, NATIVE and not ACC_F64 and dst != tl.bfloat16)  # bfloat16 keeps float32's subnormals
+        total = tl.sum(e, axis=1)
+        y = e * (1.0 / tl.where(total == 0.0, 1.0, total))[:, None]  # a row of -inf sums to 0
+    tl.store(out_ptr + row[:, None] * out_stride + col[None, :], _cast_out(y, dst, NATIVE, not LOG), mask=mask)
 
 
 @triton.jit
-def _chunk_partial(x_row, begin, cols, BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, ACC_F64: tl.constexpr):
-    """The partial (max, count at the max, sum below it, +inf count) of the chunk of
-    ``CHUNK_BLOCKS`` blocks at ``begin``.
+def _merge(m, c, d, k, mb, cb, db, kb):
+    """Two partials (max, count at the max, sum below it, +inf count) as one."""
+    mn = tl.maximum(m, mb)
+    base = tl.where(mn == -float("inf"), 0.0, mn)
+    c_out = tl.where(m == mn, c, 0.0) + tl.where(mb == mn, cb, 0.0)
+    d_out = tl.where(m == mn, d, (d + c) * tl.exp(m - base)) + tl.where(mb == mn, db, (db + cb) * tl.exp(mb - base))
+    return mn, c_out, d_out, k + kb
 
-    The one code both the looped and the split path run per chunk (same blocks, same lane
-    state, same reduction), so that their partials are bitwise the same. The block count is
-    a constant, so that the usual one-block chunk compiles to straight-line code (a loop
-    carried across the looped kernel's chunk loop spilled on sm_90).
+
+@triton.jit
+def _block_partial(x, LOG: tl.constexpr, FTZ: tl.constexpr, NATIVE: tl.constexpr):
+    """The partial of one block ``x`` (accumulation dtype, pads = -inf): ``(m, c, d, k)``.
+
+    ``m`` is its max (NaN when it holds a NaN, which makes ``d`` NaN, and the combination carries
+    that to the row); ``k`` counts +inf. log_softmax keeps ``c``, how many entries equal ``m``, apart
+    from ``d``, the sum of ``exp(x - m)`` over the others, so that ``log(c + d)`` stays accurate when
+    ``d`` is tiny; softmax only needs the sum (``c = 0``, ``d`` = all of it). A block with a +inf
+    (rare; a uniform branch) gives only its count, ``m = -inf``: its row's output is the +inf rule,
+    for which nothing else matters.
     """
+    m = _nan_max(x, 0, NATIVE)
+    zero = tl.sum(tl.zeros_like(x), axis=0)
+    if m == float("inf"):
+        k = tl.sum((x == float("inf")).to(zero.dtype), axis=0)
+        m, c, d = -float("inf") + zero, zero, zero
+    else:
+        k = zero
+        s = x - tl.where(m == -float("inf"), 0.0, m)
+        e = _exp(s, FTZ)
+        if LOG:
+            at_max = s == 0.0
+            c = tl.sum(at_max.to(e.dtype), axis=0)
+            d = tl.sum(tl.where(at_max, 0.0, e), axis=0)
+        else:
+            c = zero
+            d = tl.sum(e, axis=0)
+    return m, c, d, k
+
+
+@triton.jit
+def _chunk_partial(
+    x_row, begin, cols, BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    NATIVE: tl.constexpr,
+):  # fmt: skip
+    """The partial of the chunk of ``CHUNK_BLOCKS`` blocks at ``begin``: the one code both the
+    looped and the split path run per chunk (same blocks, same reductions, same merge order), so
+    that their partials are bitwise the same. Unforced float32 plans have one block per chunk."""
     lane = tl.arange(0, BLOCK)
-    m_vec = _acc(tl.full([BLOCK], -float("inf"), tl.float32), ACC_F64)
-    c_vec = _acc(tl.zeros([BLOCK], tl.float32), ACC_F64)
-    d_vec = _acc(tl.zeros([BLOCK], tl.float32), ACC_F64)
-    k_vec = tl.zeros([BLOCK], tl.int32)
-    for j in range(0, CHUNK_BLOCKS):
+    x = tl.load(x_row + begin + lane, mask=begin + lane < cols, other=-float("inf"), eviction_policy="evict_last")
+    m, c, d, k = _block_partial(_acc(x, ACC_F64), LOG, NATIVE and not ACC_F64, NATIVE)
+    for j in tl.static_range(1, CHUNK_BLOCKS):
         col = begin + j * BLOCK + lane
         x = tl.load(x_row + col, mask=col < cols, other=-float("inf"), eviction_policy="evict_last")
-        m_vec, c_vec, d_vec, k_vec = _online_update(_acc(x, ACC_F64), m_vec, c_vec, d_vec, k_vec)
-    m, c, d = _combine(m_vec, c_vec, d_vec)
-    return m, c, d, tl.sum(k_vec, axis=0).to(d.dtype)
+        mb, cb, db, kb = _block_partial(_acc(x, ACC_F64), LOG, NATIVE and not ACC_F64, NATIVE)
+        m, c, d, k = _merge(m, c, d, k, mb, cb, db, kb)
+    return m, c, d, k
 
 
 @triton.jit
@@ -264,81 +293,124 @@ def _store_partial(ws, m, c, d, k):
 
 
 @triton.jit
+def _combine(m_p, c_p, d_p):
+    """Merge partial states (max, count at max, sum below max) along axis 0."""
+    m = tl.max(m_p, axis=0)
+    on_max = m_p == m
+    scale = tl.exp(m_p - tl.where(m == -float("inf"), 0.0, m))
+    c = tl.sum(tl.where(on_max, c_p, 0.0), axis=0)
+    d = tl.sum(tl.where(on_max, d_p, (d_p + c_p) * scale), axis=0)
+    return m, c, d
+
+
+@triton.jit
 def _row_normaliser(ws_row, n_split, SPLIT_P2: tl.constexpr):
-    """Combine a row's ``n_split`` partials (the same code and order on both paths): the
-    (max, sum, log sum) of the write pass and whether the row holds a NaN."""
+    """Combine a row's ``n_split`` partials (the same code and order on both paths) into what
+    the write pass needs: ``(m, scale, log_s)``.
+
+    ``m`` is the row's max, ``+inf`` when it holds a +inf and NaN when it holds a NaN (a chunk's
+    NaN sum poisons the total); softmax is ``exp(x - m) * scale``, log_softmax ``x - m - log_s``
+    (with the +inf rule when ``m`` is +inf: ``scale = 1 / k``, ``log_s = log k``).
+    """
     idx = tl.arange(0, SPLIT_P2)
     pmask = idx < n_split
     ws = ws_row + idx * 4
     m_p = tl.load(ws + 0, mask=pmask, other=-float("inf"))
     c_p = tl.load(ws + 1, mask=pmask, other=0.0)
     d_p = tl.load(ws + 2, mask=pmask, other=0.0)
-    k_p = tl.load(ws + 3, mask=pmask, other=0.0)
+    k = tl.sum(tl.load(ws + 3, mask=pmask, other=0.0), axis=0)
     m, c, d = _combine(m_p, c_p, d_p)
-    m_eff, s_eff, log_s = _normaliser(m, c, d, tl.sum(k_p, axis=0))
-    return m_eff, s_eff, log_s, d != d  # a chunk's NaN sum poisons the total
+    total = c + d
+    total = tl.where(total == 0.0, 1.0, total)
+    log_s = tl.where(k > 0, tl.log(tl.where(k > 0, k, 1.0)), _log_total(c, d))
+    m = tl.where(d != d, float("nan"), tl.where(k > 0, float("inf"), m))
+    return m, 1.0 / tl.where(k > 0, k, total), log_s
+
+
+@triton.jit
+def _write_range(
+    x_row, out_row, begin, end, cols, m, scale, log_s, BACKWARDS: tl.constexpr, BLOCK: tl.constexpr,
+    LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
+):  # fmt: skip
+    """Write the outputs of columns ``[begin, end)`` of a row (block by block; last block first
+    when ``BACKWARDS``, so that the tail the stats pass read last is still in L2). ``m`` as
+    :func:`_row_normaliser` gives it; the +inf rule runs in its own loop, off the usual path."""
+    lane = tl.arange(0, BLOCK)
+    dst: tl.constexpr = out_row.dtype.element_ty
+    ftz: tl.constexpr = NATIVE and not ACC_F64 and (LOG or dst != tl.bfloat16)
+    n_blocks = tl.cdiv(end - begin, BLOCK)
+    if m == float("inf"):  # k entries +inf: 1/k (-log k) there, 0 (-inf) elsewhere
+        for i in range(0, n_blocks):
+            col = begin + ((n_blocks - 1 - i) if BACKWARDS else i) * BLOCK + lane
+            mask = col < cols
+            x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
+            at_inf = x == float("inf")
+            if LOG:  # noqa: SIM108 (constexpr branch)
+                y = tl.where(at_inf, -log_s, -float("inf"))
+            else:
+                y = tl.where(at_inf, scale, 0.0)
+            tl.store(out_row + col, _cast_out(_acc(y, ACC_F64), dst, NATIVE, False), mask=mask)
+    else:
+        base = tl.where(m == -float("inf"), 0.0, m)  # a row of -inf: exp(-inf - 0) = 0
+        for i in range(0, n_blocks):
+            col = begin + ((n_blocks - 1 - i) if BACKWARDS else i) * BLOCK + lane
+            mask = col < cols
+            x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
+            s = _acc(x, ACC_F64) - base
+            if LOG:  # noqa: SIM108 (constexpr branch)
+                y = s - log_s
+            else:
+                y = _exp(s, ftz) * scale
+            tl.store(out_row + col, _cast_out(y, dst, NATIVE, not LOG), mask=mask)
 
 
 @triton.jit
 def _fwd_looped_kernel(
     x_ptr, out_ptr, ws_ptr, cols, x_stride, out_stride, chunk, n_split, pid0,
     BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr,
-    ACC_F64: tl.constexpr,
+    ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
     x_row = x_ptr + row * x_stride
-    out_row = out_ptr + row * out_stride
     ws_row = ws_ptr + row * n_split * 4
     for part in range(0, n_split):
-        m, c, d, k = _chunk_partial(x_row, part * chunk, cols, BLOCK, CHUNK_BLOCKS, ACC_F64)
+        m, c, d, k = _chunk_partial(x_row, part * chunk, cols, BLOCK, CHUNK_BLOCKS, LOG, ACC_F64, NATIVE)
         _store_partial(ws_row + part * 4, m, c, d, k)
     tl.debug_barrier()  # the partials stored above, visible to every thread of the program
-    m_eff, s_eff, log_s, has_nan = _row_normaliser(ws_row, n_split, SPLIT_P2)
-    lane = tl.arange(0, BLOCK)
-    n_blocks = tl.cdiv(cols, BLOCK)
-    for i in range(0, n_blocks):
-        col = (n_blocks - 1 - i) * BLOCK + lane  # backwards: the tail read last is in L2
-        mask = col < cols
-        x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
-        y = _finish(_acc(x, ACC_F64), m_eff, s_eff, log_s, has_nan, LOG)
-        tl.store(out_row + col, _cast_out(y, out_ptr.dtype.element_ty), mask=mask)
+    m, scale, log_s = _row_normaliser(ws_row, n_split, SPLIT_P2)
+    _write_range(x_row, out_ptr + row * out_stride, 0, cols, cols, m, scale, log_s, True, BLOCK, LOG, ACC_F64, NATIVE)
 
 
 @triton.jit
 def _fwd_split_stats_kernel(
     x_ptr, ws_ptr, cols, x_stride, chunk, n_split, pid0, pid1,
-    BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
     part = tl.program_id(1) + pid1
-    m, c, d, k = _chunk_partial(x_ptr + row * x_stride, part * chunk, cols, BLOCK, CHUNK_BLOCKS, ACC_F64)
+    m, c, d, k = _chunk_partial(x_ptr + row * x_stride, part * chunk, cols, BLOCK, CHUNK_BLOCKS, LOG, ACC_F64, NATIVE)
     _store_partial(ws_ptr + (row * n_split + part) * 4, m, c, d, k)
 
 
 @triton.jit
 def _fwd_split_write_kernel(
     x_ptr, out_ptr, ws_ptr, cols, x_stride, out_stride, chunk, n_split, pid0, pid1,
-    BLOCK: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
     part = tl.program_id(1) + pid1
-    m_eff, s_eff, log_s, has_nan = _row_normaliser(ws_ptr + row * n_split * 4, n_split, SPLIT_P2)
-    x_row = x_ptr + row * x_stride
-    out_row = out_ptr + row * out_stride
-    lane = tl.arange(0, BLOCK)
+    m, scale, log_s = _row_normaliser(ws_ptr + row * n_split * 4, n_split, SPLIT_P2)
     begin = part * chunk
-    for off in range(0, chunk, BLOCK):
-        col = begin + off + lane
-        mask = col < cols
-        x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
-        y = _finish(_acc(x, ACC_F64), m_eff, s_eff, log_s, has_nan, LOG)
-        tl.store(out_row + col, _cast_out(y, out_ptr.dtype.element_ty), mask=mask)
+    _write_range(
+        x_ptr + row * x_stride, out_ptr + row * out_stride, begin, tl.minimum(begin + chunk, cols), cols,
+        m, scale, log_s, False, BLOCK, LOG, ACC_F64, NATIVE,
+    )  # fmt: skip
 
 
 @triton.jit
 def _bwd_fused_kernel(
     y_ptr, g_ptr, out_ptr, rows, cols, y_stride, g_stride, out_stride, pid0,
-    BLOCK: tl.constexpr, ROWS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = (tl.program_id(0).to(tl.int64) + pid0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     col = tl.arange(0, BLOCK)
@@ -347,17 +419,18 @@ def _bwd_fused_kernel(
     g = _acc(tl.load(g_ptr + row[:, None] * g_stride + col[None, :], mask=mask, other=0.0), ACC_F64)
     if LOG:
         total = tl.sum(g, axis=1)
-        r = g - tl.exp(y) * total[:, None]
+        r = g - _exp(y, NATIVE and not ACC_F64) * total[:, None]
     else:
         total = tl.sum(g * y, axis=1)
         r = y * (g - total[:, None])
-    tl.store(out_ptr + row[:, None] * out_stride + col[None, :], _cast_out(r, out_ptr.dtype.element_ty), mask=mask)
+    r = _cast_out(r, out_ptr.dtype.element_ty, NATIVE, False)
+    tl.store(out_ptr + row[:, None] * out_stride + col[None, :], r, mask=mask)
 
 
 @triton.jit
 def _bwd_looped_kernel(
     y_ptr, g_ptr, out_ptr, cols, y_stride, g_stride, out_stride, pid0,
-    BLOCK: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
     y_row = y_ptr + row * y_stride
@@ -382,10 +455,10 @@ def _bwd_looped_kernel(
         y = _acc(tl.load(y_row + col, mask=mask, other=0.0, eviction_policy="evict_first"), ACC_F64)
         g = _acc(tl.load(g_row + col, mask=mask, other=0.0, eviction_policy="evict_first"), ACC_F64)
         if LOG:  # noqa: SIM108 (constexpr branch)
-            r = g - tl.exp(y) * total
+            r = g - _exp(y, NATIVE and not ACC_F64) * total
         else:
             r = y * (g - total)
-        tl.store(out_row + col, _cast_out(r, out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_row + col, _cast_out(r, out_ptr.dtype.element_ty, NATIVE, False), mask=mask)
 
 
 # --------------------------------------------------------------------------- planning
@@ -474,7 +547,8 @@ def _plan(
         block = min(looped_block, triton.next_power_of_2(triton.cdiv(cols, split)))
     else:
         block = min(looped_block, row_p2)
-    warps = min(max(block // 256, 4), 16)  # about 8 elements per thread and state vector
+    # about 32 elements per thread: a chunk's reductions (max, sums) cost per thread, not per element
+    warps = min(max(block // 1024, 4), 16)
 
     # The chunks: as many blocks as fit MIN_SPLIT_CHUNK columns (one block unforced), at most
     # MAX_SPLIT chunks; a function of cols (and the forced arguments) only.
@@ -514,12 +588,14 @@ def softmax_forward(
         rows, cols, x.device, acc_f64=acc_f64, block_size=block_size, split=split, rows_per_program=rows_per_program
     )
     log = bool(log)
+    native = native_ptx(x.device)
     with launch_guard(x):
         if plan.path == "fused":
             for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.rows_per_program),)):
                 _fwd_fused_kernel[grid](
                     x, out, rows, cols, x.stride(0), out.stride(0), pid0,
-                    BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                    BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, NATIVE=native,
+                    num_warps=plan.num_warps,
                 )  # fmt: skip
             return
         ws = torch.empty((rows, plan.split, 4), dtype=torch.float64 if acc_f64 else torch.float32, device=x.device)
@@ -529,7 +605,7 @@ def softmax_forward(
                 _fwd_looped_kernel[grid](
                     x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split, pid0,
                     BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, SPLIT_P2=split_p2, LOG=log,
-                    ACC_F64=acc_f64, num_warps=plan.num_warps,
+                    ACC_F64=acc_f64, NATIVE=native, num_warps=plan.num_warps,
                     maxnreg=None if acc_f64 else _LOOPED_MAXNREG,
                 )  # fmt: skip
             return
@@ -537,12 +613,14 @@ def softmax_forward(
         for grid, (pid0, pid1) in pieces:
             _fwd_split_stats_kernel[grid](
                 x, ws, cols, x.stride(0), plan.chunk, plan.split, pid0, pid1,
-                BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, LOG=log, ACC_F64=acc_f64, NATIVE=native,
+                num_warps=plan.num_warps,
             )  # fmt: skip
         for grid, (pid0, pid1) in pieces:
             _fwd_split_write_kernel[grid](
                 x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split, pid0, pid1,
-                BLOCK=plan.block, SPLIT_P2=split_p2, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                BLOCK=plan.block, SPLIT_P2=split_p2, LOG=log, ACC_F64=acc_f64, NATIVE=native,
+                num_warps=max(plan.num_warps, _MIN_WRITE_WARPS),
             )  # fmt: skip
 
 
@@ -569,16 +647,18 @@ def softmax_backward(
         allow_split=False,
     )  # fmt: skip
     log = bool(log)
+    native = native_ptx(y.device)
     with launch_guard(y):
         if plan.path == "fused":
             for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.rows_per_program),)):
                 _bwd_fused_kernel[grid](
                     y, grad, out, rows, cols, y.stride(0), grad.stride(0), out.stride(0), pid0,
-                    BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                    BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, NATIVE=native,
+                    num_warps=plan.num_warps, maxnreg=_BWD_FUSED_MAXNREG,
                 )  # fmt: skip
         else:
             for grid, (pid0,) in grid_pieces((rows,)):
                 _bwd_looped_kernel[grid](
                     y, grad, out, cols, y.stride(0), grad.stride(0), out.stride(0), pid0,
-                    BLOCK=plan.block, LOG=log, ACC_F64=acc_f64, num_warps=plan.num_warps,
+                    BLOCK=plan.block, LOG=log, ACC_F64=acc_f64, NATIVE=native, num_warps=plan.num_warps,
                 )  # fmt: skip
