@@ -26,6 +26,7 @@ from ._errors import StableSoftmaxError, UnsupportedError  # noqa: E402
 from ._patch import patch, patched, unpatch  # noqa: E402
 from ._sampling import multinomial, sample_from_logits  # noqa: E402
 from ._softmax import log_softmax, softmax  # noqa: E402
+from ._warmup import warmup  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -46,4 +47,5 @@ __all__ = [
     "softmax",
     "unpatch",
     "use_backend",
+    "warmup",
 ]

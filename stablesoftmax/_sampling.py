@@ -660,6 +660,11 @@ def multinomial(
     StableSoftmaxError
         Naming row and column of a NaN, infinite or negative entry (with the likely cause
         and the fix), a row that sums to zero, or too many samples without replacement.
+
+    Notes
+    -----
+    Inside a CUDA-graph capture nothing is checked on the host (no device sync; the graph
+    can be captured): the draws of a bad row are ``-1`` instead of the error.
     """
     if torch.compiler.is_compiling():
         from . import _compiled
@@ -689,6 +694,8 @@ def multinomial(
     tokens = torch.empty((rows, num_samples), dtype=torch.int64, device=p.device)
     with_replacement = _draw_with_replacement(num_samples, replacement)
     sampling_kernels_for(p).sample_probs(p, keys, row_ids, offsets, num_samples, with_replacement, tokens)
-    if int(tokens.min()) < 0:  # the one validation pass was fused into the kernel
+    # The one validation pass was fused into the kernel; reading its verdict syncs with the device, which a
+    # CUDA-graph capture cannot do: there (as sample_from_logits(validate=False)) a bad row's draws are -1.
+    if not _capturing(p.device) and int(tokens.min()) < 0:
         _raise_for_bad_probs(p, tokens, num_samples)
     return tokens if input.ndim == 2 else tokens.view(num_samples)

@@ -102,6 +102,24 @@ def test_errors_name_row_column_and_cause(backend):
         ss.multinomial(torch.ones(3, dtype=torch.int64, device=DEVICE), 1)
 
 
+def test_inside_a_graph_capture_bad_rows_give_minus_one(backend, gen, monkeypatch):
+    """Capturing a CUDA graph, multinomial checks nothing on the host (that would sync): a bad row's draws
+    are -1 (as sample_from_logits(validate=False)) and the other rows draw as in an ordinary call.
+    The capture is simulated (no GPU here); the CUDA-graph test in test_sampling.py runs it for real."""
+    from stablesoftmax import _sampling
+
+    p = _probs(5, 40, gen, torch.float32)
+    p[1, 3] = math.nan
+    p[3] = 0
+    good = [0, 2, 4]
+    expected = ss.multinomial(p[good], 6, replacement=True, generator=torch.Generator(DEVICE).manual_seed(9))
+    monkeypatch.setattr(_sampling, "_capturing", lambda device: True)
+    tokens = ss.multinomial(p, 6, replacement=True, generator=torch.Generator(DEVICE).manual_seed(9))
+    assert (tokens[[1, 3]] == -1).all()
+    assert (tokens[good] >= 0).all() and (p[good].gather(1, tokens[good]) > 0).all()
+    assert torch.equal(tokens[0], expected[0])  # row 0: the same stream (seed and row index) as in the ordinary call
+
+
 _INVALID = {"NaN": math.nan, "inf": math.inf, "negative": -0.25}
 
 

@@ -335,3 +335,12 @@ def test_validate_false_never_syncs_and_captures_in_a_cuda_graph(gen):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(captured, ss.sample_from_logits(x, seed=seeds, validate=False, **params))
+    probs = torch.softmax(x.float(), -1)
+    ss.multinomial(probs, 2, replacement=True)  # warm up
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # multinomial: no host check while capturing
+        drawn = ss.multinomial(probs, 2, replacement=True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert (probs.gather(1, drawn) > 0).all()
