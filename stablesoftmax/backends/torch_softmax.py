@@ -105,47 +105,75 @@ def _finish(s: torch.Tensor, total: tuple[torch.Tensor, torch.Tensor], out: torc
         out.copy_(s.exp_().div_(total[0]))
 
 
-#: Bit patterns of +inf, as int16, of the 16-bit float dtypes.
-_POS_INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
-# Temporary bytes per element of the fast path: float32 softmax, a boolean mask.
-_FAST_BYTES_PER_ELEMENT = 5
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
-def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor) -> None:
-    """Softmax of whole rows for a 16-bit ``out``: torch's own max-subtracted softmax, then the
-    SPEC's answer where it differs, chosen per row on the device (no host sync).
+def _fast_buffer_dtype(x: torch.Tensor, out: torch.Tensor, log: bool) -> torch.dtype | None:
+    """The dtype in which torch's own softmax may do the work (None: take the chunked path).
 
-    torch's kernel computes ``exp(x - m) / sum`` in float32 with ``m`` the row max, which is the
-    shift rule for a finite ``m``; a NaN anywhere makes its whole row NaN there too. It answers NaN
-    for rows whose max is infinite, where the SPEC gives the +inf entries ``1 / k`` each (``k`` of
-    them) and every other entry 0 (a row of -inf: all 0): those rows are overwritten. torch's sum is
-    sequential float32 (relative error ~1e-5 at 152,064 columns), which a 16-bit output's rounding
-    hides; float32 / float64 outputs and inputs take the chunked path.
+    The buffer's largest finite value ``B`` stands in for ``+inf`` (``_softmax_rows_fast``), so it must lie
+    so far beyond every finite input ``x`` that ``x - B`` rounds to ``-B`` or below: float32 for float16
+    input, and for bfloat16 softmax (``exp(x - B)`` is 0 all the same; log_softmax would keep
+    ``bfloat16 max - B = -1.3e36``, finite). The work is float32 only for a 16-bit output, whose rounding
+    hides torch's float32 errors (its fast exp and sequential sum: a few 1e-5 relative on long rows, beyond
+    the SPEC's float32 bound); otherwise float64. A float64 input takes the chunked path.
     """
-    out.copy_(torch.softmax(x, dim=1, dtype=torch.float32))
-    m = x.amax(dim=1, keepdim=True)  # NaN-propagating: a NaN row's max is NaN
-    inf_row = torch.isinf(m)
-    # +inf entries by their bits (a 16-bit integer compare is vectorised on every device; the
-    # CPU's float16 compare is not); only rows whose max is +inf or NaN can hold one
-    pinf = x.view(torch.int16) == _POS_INF_BITS[x.dtype]
-    k = pinf.view(torch.uint8).sum(dim=1, keepdim=True, dtype=torch.int32).clamp_min(1)
-    # the value of a +inf entry: 1 / k in a +inf row, NaN in a NaN row (nothing else holds +inf)
-    at_inf = torch.where(inf_row, 1.0 / k.to(torch.float32), float("nan")).to(out.dtype)
-    out.masked_fill_(inf_row, 0.0)
-    torch.where(pinf, at_inf, out, out=out)
+    if x.dtype == torch.float64 or out.dtype == torch.float64:
+        return None
+    if out.dtype in _SIXTEEN_BIT and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and not log)):
+        return torch.float32
+    return torch.float64
+
+
+def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor, log: bool) -> None:
+    """Softmax (log_softmax) of whole rows: torch's own max-subtracted softmax in ``buf``'s dtype, with the
+    SPEC's answers for non-finite rows made by elementwise steps that need no host sync.
+
+    The input is clamped to ``[-B, B]``, ``B`` the buffer dtype's largest finite value, which lies far
+    beyond every finite input (``_fast_buffer_dtype``). Then torch's softmax gives:
+
+    * a row whose max is ``+inf``: ``exp(B - B) = 1`` on each former ``+inf`` entry and ``exp(x - B) = 0``
+      elsewhere, so ``1 / k`` and 0 (log_softmax: ``-log k``, and ``x - B - log k``, which rounds to ``-B``
+      or ``-inf`` and becomes ``-inf`` in the narrower output dtype);
+    * ``-inf`` entries of other rows: ``-B - m``, whose exp is 0 (log_softmax: ``-inf`` after the cast);
+    * a NaN row: NaN (clamp and torch's max propagate NaN);
+    * a row of only ``-inf``: ``-B`` everywhere, a uniform answer that is then scaled by 0 (log_softmax:
+      shifted by ``-inf``), per row, from a row max taken on the device.
+
+    torch's CPU kernel handles each row on one thread in a fixed order, so a row's result does not depend
+    on the batch, its position or the thread count.
+    """
+    big = torch.finfo(buf.dtype).max
+    buf.copy_(x)
+    masked = buf.amax(dim=1, keepdim=True) == -float("inf")  # NaN-propagating: a NaN row is not masked
+    buf.clamp_(-big, big)
+    op = torch.log_softmax if log else torch.softmax
+    if buf.device.type == "cpu":  # in place: torch's CPU kernel reads each entry before it writes it
+        op(buf, 1, out=buf)
+        result = buf
+    else:  # no aliasing assumed of other devices' kernels; their caching allocators make this cheap
+        result = op(buf, 1)
+    if log:
+        result.add_(torch.where(masked, -float("inf"), 0.0).to(buf.dtype))
+    else:
+        result.mul_(torch.logical_not(masked).to(buf.dtype))
+    out.copy_(result)
 
 
 def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
     """Softmax (or log_softmax) of each row of 2-D ``x`` into ``out``, chunked."""
     acc = _accumulation_dtype(x, out)
     rows, cols = x.shape
-    fast_rows = CHUNK_BYTES // (cols * _FAST_BYTES_PER_ELEMENT)
-    if not log and x.dtype in _POS_INF_BITS and out.dtype in _POS_INF_BITS and fast_rows >= 1:
-        # 16-bit in and out: torch's softmax and a fix-up, in few large chunks (each op is a parallel
-        # region; many small ones cost more than the arithmetic, most of all on a busy machine)
-        for r0 in range(0, rows, fast_rows):
-            _softmax_rows_fast(x[r0 : r0 + fast_rows], out[r0 : r0 + fast_rows])
-        return
+    buffer_dtype = _fast_buffer_dtype(x, out, log)
+    if buffer_dtype is not None:
+        fast_rows = min(chunk_bytes(x.device) // (cols * buffer_dtype.itemsize), rows)
+        if fast_rows >= 1:
+            # one buffer for every chunk: on the CPU a reused, cache-sized buffer costs no page faults
+            buf = torch.empty((fast_rows, cols), dtype=buffer_dtype, device=x.device)
+            for r0 in range(0, rows, fast_rows):
+                xr = x[r0 : r0 + fast_rows]
+                _softmax_rows_fast(xr, out[r0 : r0 + fast_rows], buf[: xr.shape[0]], log)
+            return
     row_chunk, col_chunk = chunks(rows, cols, acc.itemsize, x.device)
     for r0 in range(0, rows, row_chunk):
         xr, outr = x[r0 : r0 + row_chunk], out[r0 : r0 + row_chunk]
