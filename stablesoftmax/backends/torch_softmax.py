@@ -111,34 +111,32 @@ _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 def _fast_buffer_dtype(x: torch.Tensor, out: torch.Tensor, log: bool) -> torch.dtype | None:
     """The dtype in which torch's own softmax may do the work (None: take the chunked path).
 
-    The buffer's largest finite value ``B`` stands in for ``+inf`` (``_softmax_rows_fast``), so it must lie
-    so far beyond every finite input ``x`` that ``x - B`` rounds to ``-B`` or below: float32 for float16
-    input, and for bfloat16 softmax (``exp(x - B)`` is 0 all the same; log_softmax would keep
-    ``bfloat16 max - B = -1.3e36``, finite). The work is float32 only for a 16-bit output, whose rounding
-    hides torch's float32 errors (its fast exp and sequential sum: a few 1e-5 relative on long rows, beyond
-    the SPEC's float32 bound); otherwise float64. A float64 input takes the chunked path.
+    float32 for a 16-bit output, whose rounding hides torch's float32 errors (its fast exp and sequential
+    sum: a few 1e-5 relative on long rows, beyond the SPEC's float32 bound); float64 for a float32 output,
+    for the same reason. The buffer's largest finite value stands in for ``+inf`` (``_softmax_rows_fast``)
+    and must lie far beyond every finite input, so a float64 input or output takes the chunked path.
+    log_softmax always does: torch's ``x - m - log S`` loses ``S - 1`` below the working precision (a
+    bfloat16 ``[0, -60]`` row would get an exact 0, where the SPEC's answer is ``-8.8e-27``); the chunked
+    path's ``log k + log1p(T / k)`` keeps it.
     """
-    if x.dtype == torch.float64 or out.dtype == torch.float64:
+    if log or x.dtype == torch.float64 or out.dtype == torch.float64:
         return None
-    if out.dtype in _SIXTEEN_BIT and (x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and not log)):
-        return torch.float32
-    return torch.float64
+    return torch.float32 if out.dtype in _SIXTEEN_BIT else torch.float64
 
 
-def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor, log: bool) -> None:
-    """Softmax (log_softmax) of whole rows: torch's own max-subtracted softmax in ``buf``'s dtype, with the
-    SPEC's answers for non-finite rows made by elementwise steps that need no host sync.
+def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor) -> None:
+    """Softmax of whole rows: torch's own max-subtracted softmax in ``buf``'s dtype, with the SPEC's answers
+    for non-finite rows made by elementwise steps that need no host sync.
 
     The input is clamped to ``[-B, B]``, ``B`` the buffer dtype's largest finite value, which lies far
     beyond every finite input (``_fast_buffer_dtype``). Then torch's softmax gives:
 
     * a row whose max is ``+inf``: ``exp(B - B) = 1`` on each former ``+inf`` entry and ``exp(x - B) = 0``
-      elsewhere, so ``1 / k`` and 0 (log_softmax: ``-log k``, and ``x - B - log k``, which rounds to ``-B``
-      or ``-inf`` and becomes ``-inf`` in the narrower output dtype);
-    * ``-inf`` entries of other rows: ``-B - m``, whose exp is 0 (log_softmax: ``-inf`` after the cast);
+      elsewhere, so ``1 / k`` and 0;
+    * ``-inf`` entries of other rows: ``exp(-B - m) = 0``;
     * a NaN row: NaN (clamp and torch's max propagate NaN);
-    * a row of only ``-inf``: ``-B`` everywhere, a uniform answer that is then scaled by 0 (log_softmax:
-      shifted by ``-inf``), per row, from a row max taken on the device.
+    * a row of only ``-inf``: ``-B`` everywhere, a uniform answer then scaled by 0, per row, from a row max
+      taken on the device.
 
     torch's CPU kernel handles each row on one thread in a fixed order, so a row's result does not depend
     on the batch, its position or the thread count.
@@ -147,17 +145,10 @@ def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor, lo
     buf.copy_(x)
     masked = buf.amax(dim=1, keepdim=True) == -float("inf")  # NaN-propagating: a NaN row is not masked
     buf.clamp_(-big, big)
-    op = torch.log_softmax if log else torch.softmax
-    if buf.device.type == "cpu":  # in place: torch's CPU kernel reads each entry before it writes it
-        op(buf, 1, out=buf)
-        result = buf
-    else:  # no aliasing assumed of other devices' kernels; their caching allocators make this cheap
-        result = op(buf, 1)
-    if log:
-        result.add_(torch.where(masked, -float("inf"), 0.0).to(buf.dtype))
-    else:
-        result.mul_(torch.logical_not(masked).to(buf.dtype))
-    out.copy_(result)
+    # in place on the CPU, whose kernel reads each entry before it writes it; no aliasing is assumed of other
+    # devices' kernels, whose caching allocators make a fresh result cheap
+    result = torch.softmax(buf, 1, out=buf) if buf.device.type == "cpu" else torch.softmax(buf, 1)
+    out.copy_(result.mul_(torch.logical_not(masked).to(buf.dtype)))
 
 
 def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
@@ -172,7 +163,7 @@ def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
             buf = torch.empty((fast_rows, cols), dtype=buffer_dtype, device=x.device)
             for r0 in range(0, rows, fast_rows):
                 xr = x[r0 : r0 + fast_rows]
-                _softmax_rows_fast(xr, out[r0 : r0 + fast_rows], buf[: xr.shape[0]], log)
+                _softmax_rows_fast(xr, out[r0 : r0 + fast_rows], buf[: xr.shape[0]])
             return
     row_chunk, col_chunk = chunks(rows, cols, acc.itemsize, x.device)
     for r0 in range(0, rows, row_chunk):
