@@ -105,47 +105,66 @@ def _finish(s: torch.Tensor, total: tuple[torch.Tensor, torch.Tensor], out: torc
         out.copy_(s.exp_().div_(total[0]))
 
 
-#: Bit patterns of +inf, as int16, of the 16-bit float dtypes.
-_POS_INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
-# Temporary bytes per element of the fast path: float32 softmax, a boolean mask.
-_FAST_BYTES_PER_ELEMENT = 5
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
-def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor) -> None:
-    """Softmax of whole rows for a 16-bit ``out``: torch's own max-subtracted softmax, then the
-    SPEC's answer where it differs, chosen per row on the device (no host sync).
+def _fast_buffer_dtype(x: torch.Tensor, out: torch.Tensor, log: bool) -> torch.dtype | None:
+    """The dtype in which torch's own softmax may do the work (None: take the chunked path).
 
-    torch's kernel computes ``exp(x - m) / sum`` in float32 with ``m`` the row max, which is the
-    shift rule for a finite ``m``; a NaN anywhere makes its whole row NaN there too. It answers NaN
-    for rows whose max is infinite, where the SPEC gives the +inf entries ``1 / k`` each (``k`` of
-    them) and every other entry 0 (a row of -inf: all 0): those rows are overwritten. torch's sum is
-    sequential float32 (relative error ~1e-5 at 152,064 columns), which a 16-bit output's rounding
-    hides; float32 / float64 outputs and inputs take the chunked path.
+    float32 for a 16-bit output, whose rounding hides torch's float32 errors (its fast exp and sequential
+    sum: a few 1e-5 relative on long rows, beyond the SPEC's float32 bound); float64 for a float32 output,
+    for the same reason. The buffer's largest finite value stands in for ``+inf`` (``_softmax_rows_fast``)
+    and must lie far beyond every finite input, so a float64 input or output takes the chunked path.
+    log_softmax always does: torch's ``x - m - log S`` loses ``S - 1`` below the working precision (a
+    bfloat16 ``[0, -60]`` row would get an exact 0, where the SPEC's answer is ``-8.8e-27``); the chunked
+    path's ``log k + log1p(T / k)`` keeps it.
     """
-    out.copy_(torch.softmax(x, dim=1, dtype=torch.float32))
-    m = x.amax(dim=1, keepdim=True)  # NaN-propagating: a NaN row's max is NaN
-    inf_row = torch.isinf(m)
-    # +inf entries by their bits (a 16-bit integer compare is vectorised on every device; the
-    # CPU's float16 compare is not); only rows whose max is +inf or NaN can hold one
-    pinf = x.view(torch.int16) == _POS_INF_BITS[x.dtype]
-    k = pinf.view(torch.uint8).sum(dim=1, keepdim=True, dtype=torch.int32).clamp_min(1)
-    # the value of a +inf entry: 1 / k in a +inf row, NaN in a NaN row (nothing else holds +inf)
-    at_inf = torch.where(inf_row, 1.0 / k.to(torch.float32), float("nan")).to(out.dtype)
-    out.masked_fill_(inf_row, 0.0)
-    torch.where(pinf, at_inf, out, out=out)
+    if log or x.dtype == torch.float64 or out.dtype == torch.float64:
+        return None
+    return torch.float32 if out.dtype in _SIXTEEN_BIT else torch.float64
+
+
+def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor) -> None:
+    """Softmax of whole rows: torch's own max-subtracted softmax in ``buf``'s dtype, with the SPEC's answers
+    for non-finite rows made by elementwise steps that need no host sync.
+
+    The input is clamped to ``[-B, B]``, ``B`` the buffer dtype's largest finite value, which lies far
+    beyond every finite input (``_fast_buffer_dtype``). Then torch's softmax gives:
+
+    * a row whose max is ``+inf``: ``exp(B - B) = 1`` on each former ``+inf`` entry and ``exp(x - B) = 0``
+      elsewhere, so ``1 / k`` and 0;
+    * ``-inf`` entries of other rows: ``exp(-B - m) = 0``;
+    * a NaN row: NaN (clamp and torch's max propagate NaN);
+    * a row of only ``-inf``: ``-B`` everywhere, a uniform answer then scaled by 0, per row, from a row max
+      taken on the device.
+
+    torch's CPU kernel handles each row on one thread in a fixed order, so a row's result does not depend
+    on the batch, its position or the thread count.
+    """
+    big = torch.finfo(buf.dtype).max
+    buf.copy_(x)
+    masked = buf.amax(dim=1, keepdim=True) == -float("inf")  # NaN-propagating: a NaN row is not masked
+    buf.clamp_(-big, big)
+    # in place on the CPU, whose kernel reads each entry before it writes it; no aliasing is assumed of other
+    # devices' kernels, whose caching allocators make a fresh result cheap
+    result = torch.softmax(buf, 1, out=buf) if buf.device.type == "cpu" else torch.softmax(buf, 1)
+    out.copy_(result.mul_(torch.logical_not(masked).to(buf.dtype)))
 
 
 def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
     """Softmax (or log_softmax) of each row of 2-D ``x`` into ``out``, chunked."""
     acc = _accumulation_dtype(x, out)
     rows, cols = x.shape
-    fast_rows = CHUNK_BYTES // (cols * _FAST_BYTES_PER_ELEMENT)
-    if not log and x.dtype in _POS_INF_BITS and out.dtype in _POS_INF_BITS and fast_rows >= 1:
-        # 16-bit in and out: torch's softmax and a fix-up, in few large chunks (each op is a parallel
-        # region; many small ones cost more than the arithmetic, most of all on a busy machine)
-        for r0 in range(0, rows, fast_rows):
-            _softmax_rows_fast(x[r0 : r0 + fast_rows], out[r0 : r0 + fast_rows])
-        return
+    buffer_dtype = _fast_buffer_dtype(x, out, log)
+    if buffer_dtype is not None:
+        fast_rows = min(chunk_bytes(x.device) // (cols * buffer_dtype.itemsize), rows)
+        if fast_rows >= 1:
+            # one buffer for every chunk: on the CPU a reused, cache-sized buffer costs no page faults
+            buf = torch.empty((fast_rows, cols), dtype=buffer_dtype, device=x.device)
+            for r0 in range(0, rows, fast_rows):
+                xr = x[r0 : r0 + fast_rows]
+                _softmax_rows_fast(xr, out[r0 : r0 + fast_rows], buf[: xr.shape[0]])
+            return
     row_chunk, col_chunk = chunks(rows, cols, acc.itemsize, x.device)
     for r0 in range(0, rows, row_chunk):
         xr, outr = x[r0 : r0 + row_chunk], out[r0 : r0 + row_chunk]
