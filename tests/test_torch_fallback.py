@@ -19,7 +19,7 @@ from stablesoftmax.backends import torch_softmax
 
 NAN = float("nan")
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-OUT_DTYPES = [None, torch.float32]
+OUT_DTYPES = [None, torch.float32, torch.float16]
 
 
 def _mixed_batch(cols: int, dtype: torch.dtype, seed: int) -> torch.Tensor:

@@ -111,7 +111,7 @@ _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 def _fast_buffer_dtype(x: torch.Tensor, out: torch.Tensor, log: bool) -> torch.dtype | None:
     """The dtype in which torch's own softmax may do the work (None: take the chunked path).
 
-    float32 for a 16-bit output, whose rounding hides torch's float32 errors (its fast exp and sequential
+    float32 for a 16-bit input and output, whose rounding hides torch's float32 errors (its fast exp and sequential
     sum: a few 1e-5 relative on long rows, beyond the SPEC's float32 bound); float64 for a float32 output,
     for the same reason. The buffer's largest finite value stands in for ``+inf`` (``_softmax_rows_fast``)
     and must lie far beyond every finite input, so a float64 input or output takes the chunked path.
@@ -121,7 +121,8 @@ def _fast_buffer_dtype(x: torch.Tensor, out: torch.Tensor, log: bool) -> torch.d
     """
     if log or x.dtype == torch.float64 or out.dtype == torch.float64:
         return None
-    return torch.float32 if out.dtype in _SIXTEEN_BIT else torch.float64
+    # float32 only for 16-bit inputs: a float32 input's largest finite values would tie with a clamped +inf
+    return torch.float32 if out.dtype in _SIXTEEN_BIT and x.dtype in _SIXTEEN_BIT else torch.float64
 
 
 def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor) -> None:
