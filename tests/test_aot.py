@@ -60,13 +60,15 @@ def test_radix_select_tiles_per_thread(sampling_launches, rows, cols):
     by_name = {}
     for name, _, kw in sampling_launches:
         by_name.setdefault(name, []).append(kw)
-    assert len(by_name["_count_kernel"]) == len(by_name["_hist_kernel"]) == 4  # four 8-bit rounds each
+    assert len(by_name["_count_kernel"]) == 4 and len(by_name["_hist_kernel"]) == 8  # 8-bit and 4-bit rounds
     for kw in by_name["_count_kernel"]:
         assert kw["CH"] <= 2048 and kw["HB"] % kw["CH"] == 0, kw
     for kw in by_name["_hist_kernel"]:
-        assert kw["CH"] * 256 // 128 <= 32 and kw["HB"] % kw["CH"] == 0, kw
-    for kw in by_name["_count_select_kernel"] + by_name["_mass_select_kernel"]:
+        assert kw["CH"] * (1 << kw["BITS"]) // 128 <= 32 and kw["HB"] % kw["CH"] == 0, kw
+    for kw in by_name["_count_select_kernel"]:
         assert kw["JB"] * 256 // 128 <= 16, kw
+    for kw in by_name["_mass_select_kernel"]:
+        assert kw["JB"] * (1 << kw["BITS"]) // 128 <= 16, kw
     (kw,) = by_name["_select_init_kernel"]
     assert kw["R"] * kw["NB_P2"] <= 4096 or kw["R"] == 1, kw
 

@@ -9,11 +9,24 @@ Launch plan for ``sample_rows`` (logits; ``B`` columns per block, ``nb = cdiv(V,
 
 ``_stats_kernel``      grid (row groups, nb): per block its max (NaN if the block holds a
                        NaN) and the lowest index of that max -> workspace (rows, nb).
-``_threshold_kernel``  grid (row groups,), only with top-k / top-p: per row the filter
-                       threshold as an ordered float key (``keep iff key(z) >= thr``),
-                       found by bisection over the float's ordered bit pattern: top-k the
-                       largest ``t`` with ``count(key >= t) >= k``, then top-p the smallest
-                       ``t`` with ``mass(key > t) < top_p * kept mass`` (float64 sums).
+Only with top-k / top-p, the filter threshold (an ordered int32 key, ``keep iff key(z) >= thr``)
+by a radix select (top-k 8 key bits a round, top-p 4), every round one histogram kernel over the GPU and one
+tiny per-row select kernel (per-row state in a device workspace; ``HBC = 8192``, ``HBM = 4096``):
+
+``_select_init_kernel``  grid (cdiv(rows, RI),): per row ``m``, ``T``, and which rows have nothing to
+                         find (filter off, greedy, NaN or empty rows: every later kernel skips them).
+``_count_kernel``        x4, grid (rows, cdiv(V, HBC)): 256-bin ``tl.histogram`` counts of the byte of
+                         ``key(x)`` (``z`` is monotone in ``x``: the k-th largest ``z`` is ``z(x_k)``)
+                         among the entries matching the prefix found so far -> (rows, nbc, 256) int32.
+``_count_select_kernel`` x4, grid (rows,): the partials summed in block order, the bin holding the
+                         remaining rank -> prefix, rank; the last round: ``thr = key(z(x_k))``.
+``triton_shard._hist_kernel`` x8 (4 key bits a round), grid (rows, cdiv(V, HBM)): float64 16-bin masses
+                         of ``key(z)`` of what top-k kept (a (256, 16) compare-and-sum per chunk that
+                         holds a live entry).
+``_mass_select_kernel``  x8, grid (rows,): the same select on masses: the first round's total is the
+                         kept mass (``goal = top_p * total``); the bin where the mass at or above it
+                         reaches the goal -> prefix, mass above; the last round: ``thr``, the smallest
+                         key whose strictly-above mass is ``< goal``.
 ``_block_kernel``      grid (row groups, nb): weights ``w_i`` (shift rule, ``z = s / T``
                        rounded to nearest, ``e = exp z``, filters) -> float64 block sums
                        and the last index with weight; without replacement also the race
@@ -26,8 +39,8 @@ Launch plan for ``sample_rows`` (logits; ``B`` columns per block, ``nb = cdiv(V,
 Without replacement the ``n`` largest race keys come from ``torch.topk`` on the key
 workspace (the reference's selection), followed by a few sync-free torch ops.
 ``sample_probs`` runs ``_block_kernel`` / ``_draw_kernel`` in their probability mode.
-float64 logits are handed to the torch reference (its float64 keys would need 64-bit
-bisection; nobody samples float64 logits on a GPU hot path).
+float64 logits are handed to the torch reference (its float64 keys would need a 64-bit
+select; nobody samples float64 logits on a GPU hot path).
 
 Every launch goes through :func:`~.triton_launch.grid_pieces`: a grid past CUDA's limits
 (``nb > 65,535`` blocks, for more than ~67 million categories, or ``cdiv(n, SB) > 65,535``
@@ -54,11 +67,15 @@ _BLOCK_GPU, _BLOCK_INTERP = 1024, 4096
 _TILE_GPU, _TILE_INTERP = 4096, 1 << 20
 # Radix select (GPU / interpreter): columns per program of the top-k count rounds and per
 # tl.histogram step; columns per program of the top-p mass rounds (triton_shard's _hist_kernel) and
-# per step of its (CH, 256) float64 compare-and-sum (CH x 256 / 128 threads = 32 values a thread).
+# per step of its (CH, 16) float64 compare-and-sum (CH x 16 / 128 threads = 32 values a thread).
 _COUNT_BLOCK_GPU, _COUNT_BLOCK_INTERP = 8192, 512
 _COUNT_CHUNK_GPU, _COUNT_CHUNK_INTERP = 2048, 1 << 20
 _MASS_BLOCK_GPU, _MASS_BLOCK_INTERP = 4096, 512
-_MASS_CHUNK_GPU, _MASS_CHUNK_INTERP = 16, 1 << 20
+_MASS_CHUNK_GPU, _MASS_CHUNK_INTERP = 256, 1 << 20
+# Key bits per top-p mass round: the (CH, bins) compare-and-sum costs ~bins per entry, and the first
+# two 8-bit rounds see nearly every kept entry (z's exponent spans few bins): 8 rounds of 16 bins
+# cost ~8 x 16 per entry instead of ~2-3 x 256.
+_MASS_BITS = 4
 # Rows per program of the select's set-up kernel (at most 4,096 block maxima a program), and
 # partial histograms summed per step of a select kernel (8 x 256: 16 values a thread).
 _INIT_ROWS = 16
@@ -242,31 +259,31 @@ def _count_kernel(
 
 
 @triton.jit
-def _bin_totals(hist_ptr, row, nbh, JB: tl.constexpr):
-    """A row's ``(nbh, 256)`` partial histograms summed in block order (``JB`` blocks a step), the bins
-    from the top down: entry ``i`` is bin ``255 - i``, so an inclusive prefix is the weight at or above a bin."""
-    i = tl.arange(0, 256)
-    h = tl.zeros([256], hist_ptr.dtype.element_ty)
+def _bin_totals(hist_ptr, row, nbh, JB: tl.constexpr, NBINS: tl.constexpr):
+    """A row's ``(nbh, NBINS)`` partial histograms summed in block order (``JB`` blocks a step), the bins
+    from the top down: entry ``i`` is bin ``NBINS - 1 - i``, so an inclusive prefix is the weight at or above a bin."""
+    i = tl.arange(0, NBINS)
+    h = tl.zeros([NBINS], hist_ptr.dtype.element_ty)
     for j0 in range(0, nbh, JB):
         j = j0 + tl.arange(0, JB)
-        h += tl.sum(tl.load(hist_ptr + (row * nbh + j[:, None]) * 256 + (255 - i)[None, :], mask=(j < nbh)[:, None],
-                            other=0), axis=0)  # fmt: skip
+        h += tl.sum(tl.load(hist_ptr + (row * nbh + j[:, None]) * NBINS + (NBINS - 1 - i)[None, :],
+                            mask=(j < nbh)[:, None], other=0), axis=0)  # fmt: skip
     return h
 
 
 @triton.jit
-def _pick_bin(h, above, goal):
+def _pick_bin(h, above, goal, NBINS: tl.constexpr):
     """One radix step on bin totals ``h`` (top bin first): the first bin where ``above`` + the weight
     at or above it reaches ``goal``, and the weight strictly above that bin (``above`` included).
 
     Should rounding leave no bin reaching ``goal``, the lowest non-empty bin.
     """
-    i = tl.arange(0, 256)
+    i = tl.arange(0, NBINS)
     reached = (above + tl.cumsum(h, axis=0)) >= goal
     first = tl.sum((reached == 0).to(tl.int32), axis=0)
     lowest = tl.max(tl.where(h > 0, i, 0), axis=0)
-    first = tl.where(first < 256, first, lowest)
-    return 255 - first, above + tl.sum(tl.where(i < first, h, 0), axis=0)
+    first = tl.where(first < NBINS, first, lowest)
+    return NBINS - 1 - first, above + tl.sum(tl.where(i < first, h, 0), axis=0)
 
 
 @triton.jit
@@ -276,7 +293,7 @@ def _count_select_kernel(
     row = tl.program_id(0).to(tl.int64) + pid0
     rank = tl.load(rank_ptr + row)
     if rank > 0:
-        b, above = _pick_bin(_bin_totals(hist_ptr, row, nbh, JB), 0, rank.to(tl.int32))
+        b, above = _pick_bin(_bin_totals(hist_ptr, row, nbh, JB, 256), 0, rank.to(tl.int32), 256)
         prefix = (tl.load(prefix_ptr + row) << 8) | b.to(tl.int64)
         tl.store(prefix_ptr + row, prefix)
         tl.store(rank_ptr + row, rank - above)
@@ -290,21 +307,21 @@ def _count_select_kernel(
 @triton.jit
 def _mass_select_kernel(
     hist_ptr, nbh, topp_ptr, prefix_ptr, mass_ptr, thr_ptr, pid0, FIRST: tl.constexpr, LAST: tl.constexpr,
-    JB: tl.constexpr,
+    JB: tl.constexpr, BITS: tl.constexpr,
 ):  # fmt: skip
     # mass_ptr (rows, 2) float64: the goal top_p * kept mass, and the mass above the prefix found so far
     row = tl.program_id(0).to(tl.int64) + pid0
     prefix = tl.load(prefix_ptr + row)
     if prefix >= 0:  # top-p on for this row
-        h = _bin_totals(hist_ptr, row, nbh, JB)
+        h = _bin_totals(hist_ptr, row, nbh, JB, 1 << BITS)
         if FIRST:  # every kept entry is live in the first round: its histogram sums to the kept mass
             goal = tl.load(topp_ptr + row).to(tl.float64) * tl.sum(h, axis=0)
             above = 0.0
         else:
             goal = tl.load(mass_ptr + 2 * row)
             above = tl.load(mass_ptr + 2 * row + 1)
-        b, above = _pick_bin(h, above, goal)
-        prefix = (prefix << 8) | b.to(tl.int64)
+        b, above = _pick_bin(h, above, goal, 1 << BITS)
+        prefix = (prefix << BITS) | b.to(tl.int64)
         tl.store(prefix_ptr + row, prefix)
         tl.store(mass_ptr + 2 * row, goal)
         tl.store(mass_ptr + 2 * row + 1, above)
@@ -507,7 +524,7 @@ def _radix_threshold(
 
     Top-k: the k-th largest ``x`` by a radix select on its key, 8 bits a round (count histograms),
     then ``thr = key(z(x_k))``. Top-p: the smallest key whose strictly-above mass is ``< top_p``
-    times the kept mass, by a radix select on ``key(z)`` over float64 mass histograms of what
+    times the kept mass, by a radix select on ``key(z)``, 4 bits a round, over float64 mass histograms of what
     top-k kept (the first round's histogram sums to the kept mass). Each round: a histogram kernel
     over (rows, blocks) writing per-block partials, then a per-row select kernel that sums them in
     block order and updates the row's state on the device. Rows with a filter off skip its rounds.
@@ -543,18 +560,20 @@ def _radix_threshold(
                     hist, plan.nbc, rank, kprefix, m, tdiv, cut, thr, pid0, LAST=shift == 0, JB=_SELECT_BLOCKS,
                 )  # fmt: skip
     if top_p is not None:
-        hist = torch.empty((rows, plan.nbm, 256), dtype=torch.float64, device=device)
+        hist = torch.empty((rows, plan.nbm, 1 << _MASS_BITS), dtype=torch.float64, device=device)
         mass = torch.empty((rows, 2), dtype=torch.float64, device=device)
-        for shift in _SHIFTS:
+        top = 32 - _MASS_BITS
+        for shift in range(top, -1, -_MASS_BITS):
             for grid, (pid0, pid1) in grid_pieces((rows, plan.nbm)):
                 _shard._hist_kernel[grid](
                     logits, stride, cols, m, tdiv, cut, pprefix, shift, hist, plan.nbm, pid0, pid1,
-                    HAS_CUT=top_k is not None, COUNTS=False, HAS_PREFIX=shift < 24, HB=plan.HBM, CH=plan.CHM,
+                    HAS_CUT=top_k is not None, COUNTS=False, HAS_PREFIX=shift < top, HB=plan.HBM, CH=plan.CHM,
+                    BITS=_MASS_BITS,
                 )  # fmt: skip
             for grid, (pid0,) in grid_pieces((rows,)):
                 _mass_select_kernel[grid](
-                    hist, plan.nbm, topp_arg, pprefix, mass, thr, pid0,
-                    FIRST=shift == 24, LAST=shift == 0, JB=_SELECT_BLOCKS,
+                    hist, plan.nbm, topp_arg, pprefix, mass, thr, pid0, FIRST=shift == top, LAST=shift == 0,
+                    JB=_SELECT_BLOCKS * 256 >> _MASS_BITS, BITS=_MASS_BITS,
                 )  # fmt: skip
     return thr
 
@@ -577,7 +596,7 @@ def sample_rows(
     """Sample ``tokens`` (rows, n) int64 from logits (rows, V); see :func:`torch_sampling.sample_rows`.
 
     ``top_k_max`` serves only greedy rows without replacement (the reference's
-    :func:`~.torch_sampling.greedy_order`); the bisection does not need it.
+    :func:`~.torch_sampling.greedy_order`); the radix select does not need it.
     """
     with launch_guard(logits):  # every launch on the input's device and its current stream
         rows, cols = logits.shape

@@ -160,13 +160,15 @@ def _search_kernel(
 def _hist_kernel(
     x_ptr, stride, cols, m_ptr, t_ptr, cut_ptr, prefix_ptr, shift, hist_ptr, nb, pid0, pid1,
     HAS_CUT: tl.constexpr, COUNTS: tl.constexpr, HAS_PREFIX: tl.constexpr, HB: tl.constexpr, CH: tl.constexpr,
+    BITS: tl.constexpr = 8,
 ):  # fmt: skip
+    # BITS key bits a round (2**BITS bins): 8 for the distributed sampler, 4 for the sampler's top-p rounds
     row = tl.program_id(0).to(tl.int64) + pid0
     part = tl.program_id(1) + pid1
     m, t, cut, _ = _params(row, m_ptr, t_ptr, cut_ptr, m_ptr, HAS_CUT, False)
     prefix = tl.load(prefix_ptr + row)  # a negative prefix: the row is settled (the sampler's radix select)
-    bins = tl.arange(0, 256)
-    acc = tl.zeros([256], tl.float64)
+    bins = tl.arange(0, 1 << BITS)
+    acc = tl.zeros([1 << BITS], tl.float64)
     if prefix >= 0:
         for c in range(0, HB, CH):
             offs = part * HB + c + tl.arange(0, CH)
@@ -182,12 +184,12 @@ def _hist_kernel(
             key = _order_key(z)
             live = wt > 0.0
             if HAS_PREFIX:
-                live = live & ((key >> (shift + 8)) == prefix)
-            if tl.max(live.to(tl.int32), axis=0) > 0:  # the (CH, 256) compare-and-sum only where something is live
-                slot = (key >> shift) & 0xFF
+                live = live & ((key >> (shift + BITS)) == prefix)
+            if tl.max(live.to(tl.int32), axis=0) > 0:  # the (CH, bins) compare-and-sum only where something is live
+                slot = (key >> shift) & ((1 << BITS) - 1)
                 hit = live[:, None] & (slot[:, None] == bins[None, :])
                 acc += tl.sum(tl.where(hit, wt[:, None], 0.0), axis=0)
-    tl.store(hist_ptr + (row * nb + part) * 256 + bins, acc)
+    tl.store(hist_ptr + (row * nb + part) * (1 << BITS) + bins, acc)
 
 
 @triton.jit
