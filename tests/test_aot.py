@@ -14,6 +14,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from stablesoftmax.backends import triton_sampling as T  # noqa: E402
+from stablesoftmax.backends import triton_shard as H  # noqa: E402
 from stablesoftmax.backends import triton_softmax as S  # noqa: E402
 
 
@@ -28,12 +29,13 @@ class _Recorder:
 @pytest.fixture
 def sampling_launches(monkeypatch):
     """Record the sampling launches as a GPU would plan them (the planner's CUDA constants)."""
-    monkeypatch.setattr(T, "_BLOCK_INTERP", T._BLOCK_GPU)
-    monkeypatch.setattr(T, "_TILE_INTERP", T._TILE_GPU)
-    monkeypatch.setattr(T, "_FBLOCK_INTERP", T._FBLOCK_GPU)
+    for name in ("BLOCK", "TILE", "COUNT_BLOCK", "COUNT_CHUNK", "MASS_BLOCK", "MASS_CHUNK"):
+        monkeypatch.setattr(T, f"_{name}_INTERP", getattr(T, f"_{name}_GPU"))
     log = []
-    for name in ("_stats_kernel", "_threshold_kernel", "_block_kernel", "_draw_kernel"):
+    for name in ("_stats_kernel", "_select_init_kernel", "_count_kernel", "_count_select_kernel",
+                 "_mass_select_kernel", "_block_kernel", "_draw_kernel"):  # fmt: skip
         monkeypatch.setattr(T, name, _Recorder(name, log))
+    monkeypatch.setattr(H, "_hist_kernel", _Recorder("_hist_kernel", log))
     return log
 
 
@@ -49,15 +51,26 @@ def _sample(rows, cols, dtype=torch.float16):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("rows,cols", [(4096, 8), (4096, 16), (512, 100), (4096, 1000), (64, 152064), (1, 152064)])
-def test_threshold_kernel_rows_per_program_and_register_cap(sampling_launches, rows, cols):
-    """512 short rows per program spilled KB per thread (per-row bisection state); with ptxas left to
-    choose, one row per program still spilled at 64-72 registers on sm_80."""
+@pytest.mark.parametrize("rows,cols", [(4096, 8), (4096, 16), (512, 100), (4096, 1000), (64, 152064), (1, 2**24)])
+def test_radix_select_tiles_per_thread(sampling_launches, rows, cols):
+    """Values a thread holds in the radix select's kernels (4 warps): the count rounds' histogram step,
+    the (CH, 256) float64 compare-and-sum of the mass rounds, the select kernels' (JB, 256) partial
+    histograms and the set-up kernel's block maxima stay within the sizes compiled spill-free."""
     _sample(rows, cols)
-    (kw,) = [kw for name, _, kw in sampling_launches if name == "_threshold_kernel"]
-    assert kw["R"] <= T._MAX_THRESHOLD_ROWS
-    assert kw["R"] == 1 or kw["R"] * kw["FB"] <= 1024, kw
-    assert kw["maxnreg"] == 128
+    by_name = {}
+    for name, _, kw in sampling_launches:
+        by_name.setdefault(name, []).append(kw)
+    assert len(by_name["_count_kernel"]) == 4 and len(by_name["_hist_kernel"]) == 8  # 8-bit and 4-bit rounds
+    for kw in by_name["_count_kernel"]:
+        assert kw["CH"] <= 2048 and kw["HB"] % kw["CH"] == 0, kw
+    for kw in by_name["_hist_kernel"]:
+        assert kw["CH"] * (1 << kw["BITS"]) // 128 <= 32 and kw["HB"] % kw["CH"] == 0, kw
+    for kw in by_name["_count_select_kernel"]:
+        assert kw["JB"] * 256 // 128 <= 16, kw
+    for kw in by_name["_mass_select_kernel"]:
+        assert kw["JB"] * (1 << kw["BITS"]) // 128 <= 16, kw
+    (kw,) = by_name["_select_init_kernel"]
+    assert kw["R"] * kw["NB_P2"] <= 4096 or kw["R"] == 1, kw
 
 
 def test_fused_softmax_of_the_longest_fused_row_holds_16_elements_per_thread():

@@ -17,13 +17,17 @@ triton = pytest.importorskip("triton")
 
 from stablesoftmax.backends import triton_launch as L  # noqa: E402
 from stablesoftmax.backends import triton_sampling as T  # noqa: E402
+from stablesoftmax.backends import triton_shard as H  # noqa: E402
 from stablesoftmax.backends import triton_softmax as S  # noqa: E402
 
 from .conftest import DEVICE  # noqa: E402
 
 SOFTMAX_KERNELS = ("_fwd_fused_kernel", "_fwd_looped_kernel", "_fwd_split_stats_kernel", "_fwd_split_write_kernel",
                    "_bwd_fused_kernel", "_bwd_looped_kernel")  # fmt: skip
-SAMPLING_KERNELS = ("_stats_kernel", "_threshold_kernel", "_block_kernel", "_draw_kernel")
+SAMPLING_KERNELS = ("_stats_kernel", "_select_init_kernel", "_count_kernel", "_count_select_kernel",
+                    "_mass_select_kernel", "_block_kernel", "_draw_kernel")  # fmt: skip
+# The planner's GPU / interpreter constant pairs of the sampler (the recorded launches use the GPU ones).
+SAMPLING_CONSTANTS = ("BLOCK", "TILE", "COUNT_BLOCK", "COUNT_CHUNK", "MASS_BLOCK", "MASS_CHUNK")
 
 
 # --------------------------------------------------------------------------- grid_pieces
@@ -75,25 +79,30 @@ class _Recorder:
 def launches(monkeypatch):
     """Record every launch as a GPU with 132 SMs would plan it (the planners' CUDA constants)."""
     monkeypatch.setattr(S, "_sm_count", lambda device_type, index: 132)
-    monkeypatch.setattr(T, "_BLOCK_INTERP", T._BLOCK_GPU)
-    monkeypatch.setattr(T, "_TILE_INTERP", T._TILE_GPU)
-    monkeypatch.setattr(T, "_FBLOCK_INTERP", T._FBLOCK_GPU)
+    for name in SAMPLING_CONSTANTS:
+        monkeypatch.setattr(T, f"_{name}_INTERP", getattr(T, f"_{name}_GPU"))
     log = []
-    for mod, names in ((S, SOFTMAX_KERNELS), (T, SAMPLING_KERNELS)):
+    for mod, names in ((S, SOFTMAX_KERNELS), (T, SAMPLING_KERNELS), (H, ("_hist_kernel",))):
         for name in names:
             monkeypatch.setattr(mod, name, _Recorder(name, getattr(mod, name), log))
     return log
 
 
-def _check(log, expect):
-    """Every recorded grid within CUDA's limits; per kernel the pieces cover exactly the grid ``expect[name]``."""
+def _check(log, expect, rounds=None):
+    """Every recorded grid within CUDA's limits; per kernel the pieces cover exactly the grid ``expect[name]``,
+    ``rounds[name]`` times over (default once: the radix select launches its kernels once a round)."""
     assert log
-    covered = {}
+    covered, times = {}, {}
     for name, grid, pid0, pid1 in log:
         g = tuple(grid) + (1,) * (3 - len(grid))
         assert 1 <= g[0] <= 2**31 - 1 and 1 <= g[1] <= 65535 and 1 <= g[2] <= 65535, (name, grid)
-        covered.setdefault(name, []).append((pid0, pid1, g[0], g[1]))
+        rect = (pid0, pid1, g[0], g[1])
+        times[name, rect] = times.get((name, rect), 0) + 1
+        if times[name, rect] == 1:
+            covered.setdefault(name, []).append(rect)
     assert set(covered) == set(expect), (sorted(covered), sorted(expect))
+    for (name, _), n in times.items():
+        assert n == (rounds or {}).get(name, 1), (name, n)
     for name, rects in covered.items():
         want = tuple(expect[name]) + (1,) * (2 - len(expect[name]))
         assert sum(a * b for _, _, a, b in rects) == want[0] * want[1], name
@@ -135,12 +144,32 @@ def test_stats_and_block_past_65535_blocks(launches, cols):
     plan = T._Plan(2, cols, 1, torch.device("cuda"))
     assert plan.nb > 65535
     grid_r = triton.cdiv(2, plan.R)
-    _check(launches, {"_stats_kernel": (grid_r, plan.nb), "_threshold_kernel": (triton.cdiv(2, plan.RF),),
-                      "_block_kernel": (grid_r, plan.nb), "_draw_kernel": (2, 1)})  # fmt: skip
+    _check(launches, {"_stats_kernel": (grid_r, plan.nb), "_select_init_kernel": (triton.cdiv(2, plan.RI),),
+                      "_count_kernel": (2, plan.nbc), "_count_select_kernel": (2,), "_block_kernel": (grid_r, plan.nb),
+                      "_draw_kernel": (2, 1)},
+           rounds={"_count_kernel": 4, "_count_select_kernel": 4})  # fmt: skip
     launches.clear()
     seed = torch.empty(2, dtype=torch.int64, device="meta")
     T.sample_probs(x, seed, seed, seed, 1, True, torch.empty(2, 1, dtype=torch.int64, device="meta"))
     _check(launches, {"_block_kernel": (grid_r, plan.nb), "_draw_kernel": (2, 1)})
+
+
+def test_radix_select_past_65535_blocks(launches):
+    """The top-k count and top-p mass rounds put ``cdiv(V, HB)`` blocks on grid y: past 65,535 for V > 2**29."""
+    rows = 3
+    seed = torch.empty(rows, dtype=torch.int64, device="meta")
+    x = _meta(rows, 2**29 + 7)  # past 65,535 count and mass blocks
+    f32 = torch.empty(rows, dtype=torch.float32, device="meta")
+    tokens = torch.empty(rows, 1, dtype=torch.int64, device="meta")
+    T.sample_rows(x, f32, seed, f32, None, seed, seed, seed, 1, True, tokens, None)
+    plan = T._Plan(rows, x.shape[1], 1, torch.device("cuda"))
+    assert plan.nbc > 65535 and plan.nbm > 65535
+    grid_r = triton.cdiv(rows, plan.R)
+    rounds = {"_count_kernel": 4, "_count_select_kernel": 4, "_hist_kernel": 8, "_mass_select_kernel": 8}
+    _check(launches, {"_stats_kernel": (grid_r, plan.nb), "_select_init_kernel": (triton.cdiv(rows, plan.RI),),
+                      "_count_kernel": (rows, plan.nbc), "_count_select_kernel": (rows,),
+                      "_hist_kernel": (rows, plan.nbm), "_mass_select_kernel": (rows,),
+                      "_block_kernel": (grid_r, plan.nb), "_draw_kernel": (rows, 1)}, rounds)  # fmt: skip
 
 
 def test_softmax_past_2_31_programs(launches):
@@ -236,12 +265,13 @@ def test_sampling_cut_grids_give_the_same_tokens(monkeypatch, tiny_limits, gen, 
     # small blocks and tiles so that a 5 x 1000 call has several row groups, blocks and sample groups
     monkeypatch.setattr(T, "_BLOCK_INTERP", 128)
     monkeypatch.setattr(T, "_TILE_INTERP", 256)
-    monkeypatch.setattr(T, "_FBLOCK_INTERP", 1024)  # one step per bisection pass, one row per program
+    monkeypatch.setattr(T, "_COUNT_BLOCK_INTERP", 128)  # several blocks per row in the radix select's rounds
+    monkeypatch.setattr(T, "_MASS_BLOCK_INTERP", 128)
     logits = torch.randn(5, 1000, generator=gen).mul_(3).half().to(DEVICE)
     n = 20 if replacement else 6
     plan = T._Plan(5, 1000, n, logits.device)
     assert triton.cdiv(5, plan.R) > 2 and plan.nb > 2 and (not replacement or triton.cdiv(n, plan.SB) > 2), vars(plan)
-    assert plan.RF == 1  # five threshold programs: three pieces
+    assert plan.nbc > 2  # five rows of count blocks: several pieces each way
     want = _draws(logits, n, replacement, top_k)
     tiny_limits()
     got = _draws(logits, n, replacement, top_k)

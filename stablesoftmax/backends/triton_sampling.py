@@ -9,11 +9,24 @@ Launch plan for ``sample_rows`` (logits; ``B`` columns per block, ``nb = cdiv(V,
 
 ``_stats_kernel``      grid (row groups, nb): per block its max (NaN if the block holds a
                        NaN) and the lowest index of that max -> workspace (rows, nb).
-``_threshold_kernel``  grid (row groups,), only with top-k / top-p: per row the filter
-                       threshold as an ordered float key (``keep iff key(z) >= thr``),
-                       found by bisection over the float's ordered bit pattern: top-k the
-                       largest ``t`` with ``count(key >= t) >= k``, then top-p the smallest
-                       ``t`` with ``mass(key > t) < top_p * kept mass`` (float64 sums).
+Only with top-k / top-p, the filter threshold (an ordered int32 key, ``keep iff key(z) >= thr``)
+by a radix select (top-k 8 key bits a round, top-p 4), every round one histogram kernel over the GPU and one
+tiny per-row select kernel (per-row state in a device workspace; ``HBC = 8192``, ``HBM = 4096``):
+
+``_select_init_kernel``  grid (cdiv(rows, RI),): per row ``m``, ``T``, and which rows have nothing to
+                         find (filter off, greedy, NaN or empty rows: every later kernel skips them).
+``_count_kernel``        x4, grid (rows, cdiv(V, HBC)): 256-bin ``tl.histogram`` counts of the byte of
+                         ``key(x)`` (``z`` is monotone in ``x``: the k-th largest ``z`` is ``z(x_k)``)
+                         among the entries matching the prefix found so far -> (rows, nbc, 256) int32.
+``_count_select_kernel`` x4, grid (rows,): the partials summed in block order, the bin holding the
+                         remaining rank -> prefix, rank; the last round: ``thr = key(z(x_k))``.
+``triton_shard._hist_kernel`` x8 (4 key bits a round), grid (rows, cdiv(V, HBM)): float64 16-bin masses
+                         of ``key(z)`` of what top-k kept (a (256, 16) compare-and-sum per chunk that
+                         holds a live entry).
+``_mass_select_kernel``  x8, grid (rows,): the same select on masses: the first round's total is the
+                         kept mass (``goal = top_p * total``); the bin where the mass at or above it
+                         reaches the goal -> prefix, mass above; the last round: ``thr``, the smallest
+                         key whose strictly-above mass is ``< goal``.
 ``_block_kernel``      grid (row groups, nb): weights ``w_i`` (shift rule, ``z = s / T``
                        rounded to nearest, ``e = exp z``, filters) -> float64 block sums
                        and the last index with weight; without replacement also the race
@@ -26,8 +39,8 @@ Launch plan for ``sample_rows`` (logits; ``B`` columns per block, ``nb = cdiv(V,
 Without replacement the ``n`` largest race keys come from ``torch.topk`` on the key
 workspace (the reference's selection), followed by a few sync-free torch ops.
 ``sample_probs`` runs ``_block_kernel`` / ``_draw_kernel`` in their probability mode.
-float64 logits are handed to the torch reference (its float64 keys would need 64-bit
-bisection; nobody samples float64 logits on a GPU hot path).
+float64 logits are handed to the torch reference (its float64 keys would need a 64-bit
+select; nobody samples float64 logits on a GPU hot path).
 
 Every launch goes through :func:`~.triton_launch.grid_pieces`: a grid past CUDA's limits
 (``nb > 65,535`` blocks, for more than ~67 million categories, or ``cdiv(n, SB) > 65,535``
@@ -52,21 +65,28 @@ __all__ = ["sample_probs", "sample_rows"]
 # Columns per block (GPU / interpreter) and elements per program tile.
 _BLOCK_GPU, _BLOCK_INTERP = 1024, 4096
 _TILE_GPU, _TILE_INTERP = 4096, 1 << 20
-# Columns per step of the threshold bisection loops.
-_FBLOCK_GPU, _FBLOCK_INTERP = 4096, 16384
-
-# Rows one threshold program bisects at once (short rows): each row's bisection state lives in
-# registers, and 512 rows per program spilled kilobytes per thread.
-_MAX_THRESHOLD_ROWS = 16
-# Register cap handed to ptxas for the threshold kernel: left alone, ptxas holds it to 64-72
-# registers (occupancy) and spills; the kernel is bound by its passes over the row, not by occupancy.
-_THRESHOLD_MAXNREG = 128
+# Radix select (GPU / interpreter): columns per program of the top-k count rounds and per
+# tl.histogram step; columns per program of the top-p mass rounds (triton_shard's _hist_kernel) and
+# per step of its (CH, 16) float64 compare-and-sum (CH x 16 / 128 threads = 32 values a thread).
+_COUNT_BLOCK_GPU, _COUNT_BLOCK_INTERP = 8192, 512
+_COUNT_CHUNK_GPU, _COUNT_CHUNK_INTERP = 2048, 1 << 20
+_MASS_BLOCK_GPU, _MASS_BLOCK_INTERP = 4096, 512
+_MASS_CHUNK_GPU, _MASS_CHUNK_INTERP = 256, 1 << 20
+# Key bits per top-p mass round: the (CH, bins) compare-and-sum costs ~bins per entry, and the first
+# two 8-bit rounds see nearly every kept entry (z's exponent spans few bins): 8 rounds of 16 bins
+# cost ~8 x 16 per entry instead of ~2-3 x 256.
+_MASS_BITS = 4
+# Rows per program of the select's set-up kernel (at most 4,096 block maxima a program), and
+# partial histograms summed per step of a select kernel (8 x 256: 16 values a thread).
+_INIT_ROWS = 16
+_SELECT_BLOCKS = 8
+# Key bytes of the radix select, high first.
+_SHIFTS = (24, 16, 8, 0)
 
 # From this many samples per row on, blocks shrink towards sqrt(V) columns.
 _MANY_SAMPLES = 256
 
-_KEY_NEG_INF = -2139095041  # ordered key of float32 -inf (0xFF800000 ^ 0x7FFFFFFF as int32)
-_KEY_NONE = -(2**31)  # a threshold that keeps everything
+_KEY_NONE = tl.constexpr(-(2**31))  # a threshold that keeps everything
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -176,64 +196,137 @@ def _stats_kernel(x_ptr, stride, n_rows, V, ws_max_ptr, ws_arg_ptr, nb, pid0, pi
 
 
 @triton.jit
-def _threshold_kernel(
-    x_ptr, stride, n_rows, V, ws_max_ptr, nb, temp_ptr, topk_ptr, topp_ptr, thr_ptr, pid0,
-    HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, R: tl.constexpr, FB: tl.constexpr, NB_P2: tl.constexpr,
+def _bin_counts(slot, live):
+    """256-bin int32 counts of the int32 ``slot`` values of the ``live`` entries (``tl.histogram``:
+    integer adds, so the same counts in any order of addition)."""
+    counts = tl.histogram(tl.where(live, slot, 0), 256)
+    dead = tl.sum((live == 0).to(tl.int32), axis=0)
+    return counts - tl.where(tl.arange(0, 256) == 0, dead, 0)
+
+
+@triton.jit
+def _from_key(key):
+    """float32 of an ordered int32 ``key`` (the inverse of :func:`_key`)."""
+    return tl.where(key < 0, key ^ 0x7FFFFFFF, key).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _select_init_kernel(
+    ws_max_ptr, nb, n_rows, V, temp_ptr, topk_ptr, topp_ptr, m_ptr, t_ptr, rank_ptr, kprefix_ptr, cut_ptr,
+    pprefix_ptr, thr_ptr, pid0, HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, R: tl.constexpr, NB_P2: tl.constexpr,
 ):  # fmt: skip
-    # The bisection state is int32: keys lie in [key(-inf), key(0)] = [-2139095041, 0], so every
-    # ``hi - lo + 1`` fits (int64 state doubled the registers of every per-row value and spilled).
     rows = (tl.program_id(0).to(tl.int64) + pid0) * R + tl.arange(0, R)
     rmask = rows < n_rows
-    m, _ = _row_max(ws_max_ptr, rows, rmask, nb, NB_P2)
+    m, has_nan = _row_max(ws_max_ptr, rows, rmask, nb, NB_P2)
     t = tl.load(temp_ptr + rows, mask=rmask, other=1.0)
-    tdiv = tl.where(t == 0.0, 1.0, t)[:, None]
-    m2 = m[:, None]
-    x_rows = x_ptr + rows[:, None] * stride
-    thr = tl.full([R], -2147483648, tl.int32)
-    if HAS_TOPK:
+    tl.store(m_ptr + rows, m, mask=rmask)
+    tl.store(t_ptr + rows, tl.where(t == 0.0, 1.0, t), mask=rmask)
+    tl.store(cut_ptr + rows, tl.full([R], -float("inf"), tl.float32), mask=rmask)
+    tl.store(thr_ptr + rows, tl.full([R], _KEY_NONE, tl.int32), mask=rmask)
+    # settled before any round (no threshold is read): greedy rows, NaN rows (-1) and empty rows (-1)
+    settled = (t == 0.0) | has_nan | (m == -float("inf"))
+    if HAS_TOPK:  # the rank still to find within the prefix; 0: nothing to find (k = 0 or k >= V, or settled)
         k = tl.load(topk_ptr + rows, mask=rmask, other=0)
-        lo = tl.full([R], -2139095041, tl.int32)  # key(-inf): count(key >= lo) = V >= k
-        hi = tl.zeros([R], tl.int32)  # key(0): z <= 0
-        for _ in range(32):
-            mid = lo + ((hi - lo + 1) >> 1)
-            cnt = tl.zeros([R], tl.int32)
-            for c in range(0, V, FB):
-                cols = c + tl.arange(0, FB)
-                msk = rmask[:, None] & (cols[None, :] < V)
-                x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
-                key = _key(_logit_z(x.to(tl.float32), m2, tdiv))
-                cnt += tl.sum((msk & (key >= mid[:, None])).to(tl.int32), axis=1)
-            ok = cnt.to(tl.int64) >= k
-            lo = tl.where(ok, mid, lo)
-            hi = tl.where(ok, hi, mid - 1)
-        thr = tl.where(k > 0, lo, thr)
-    if HAS_TOPP:
+        tl.store(rank_ptr + rows, tl.where((k > 0) & (k < V) & ~settled, k, 0), mask=rmask)
+        tl.store(kprefix_ptr + rows, tl.zeros([R], tl.int64), mask=rmask)
+    if HAS_TOPP:  # prefix -1: nothing to find (p = 1, or settled), the mass rounds skip the row
         p = tl.load(topp_ptr + rows, mask=rmask, other=1.0)
-        total = tl.zeros([R], tl.float64)
-        for c in range(0, V, FB):
-            cols = c + tl.arange(0, FB)
-            msk = rmask[:, None] & (cols[None, :] < V)
-            x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
-            z, w = _weights(x.to(tl.float32), m2, tdiv, thr[:, None], 0.0, True, False)
-            total += tl.sum(w.to(tl.float64), axis=1)
-        goal = p.to(tl.float64) * total
-        lo = tl.maximum(thr, -2139095041)
-        hi = tl.zeros([R], tl.int32)
-        for _ in range(32):
-            mid = lo + ((hi - lo) >> 1)
-            mass = tl.zeros([R], tl.float64)
-            for c in range(0, V, FB):
-                cols = c + tl.arange(0, FB)
-                msk = rmask[:, None] & (cols[None, :] < V)
-                x = tl.load(x_rows + cols[None, :], mask=msk, other=-float("inf"))
-                z, w = _weights(x.to(tl.float32), m2, tdiv, thr[:, None], 0.0, True, False)
-                above = _key(z) > mid[:, None]
-                mass += tl.sum(tl.where(above, w, 0.0).to(tl.float64), axis=1)
-            ok = mass < goal
-            hi = tl.where(ok, mid, hi)
-            lo = tl.where(ok, lo, mid + 1)
-        thr = tl.where(p < 1.0, lo, thr)
-    tl.store(thr_ptr + rows, thr, mask=rmask)
+        tl.store(pprefix_ptr + rows, tl.where((p < 1.0) & ~settled, 0, -1).to(tl.int64), mask=rmask)
+
+
+@triton.jit
+def _count_kernel(
+    x_ptr, stride, V, rank_ptr, prefix_ptr, shift, hist_ptr, nbh, pid0, pid1,
+    HAS_PREFIX: tl.constexpr, HB: tl.constexpr, CH: tl.constexpr,
+):  # fmt: skip
+    # Counts on the order key of x itself: z = div_rn(shift(x, m), T) does not decrease with x, so the
+    # k-th largest z is z(the k-th largest x), and no m, T or division is needed here.
+    row = tl.program_id(0).to(tl.int64) + pid0
+    part = tl.program_id(1) + pid1
+    acc = tl.zeros([256], tl.int32)
+    if tl.load(rank_ptr + row) > 0:  # top-k on for this row
+        prefix = tl.load(prefix_ptr + row)
+        for c in range(0, HB, CH):
+            offs = part * HB + c + tl.arange(0, CH)
+            inside = offs < V
+            x = tl.load(x_ptr + row * stride + offs, mask=inside, other=-float("inf")).to(tl.float32)
+            key = _key(x).to(tl.int64) + 2147483648  # unsigned order, as the mass rounds' keys
+            live = inside
+            if HAS_PREFIX:
+                live = live & ((key >> (shift + 8)) == prefix)
+            acc += _bin_counts(((key >> shift) & 0xFF).to(tl.int32), live)
+    tl.store(hist_ptr + (row * nbh + part) * 256 + tl.arange(0, 256), acc)
+
+
+@triton.jit
+def _bin_totals(hist_ptr, row, nbh, JB: tl.constexpr, NBINS: tl.constexpr):
+    """A row's ``(nbh, NBINS)`` partial histograms summed in block order (``JB`` blocks a step), the bins
+    from the top down: entry ``i`` is bin ``NBINS - 1 - i``, so an inclusive prefix is the weight at or above a bin."""
+    i = tl.arange(0, NBINS)
+    h = tl.zeros([NBINS], hist_ptr.dtype.element_ty)
+    for j0 in range(0, nbh, JB):
+        j = j0 + tl.arange(0, JB)
+        h += tl.sum(tl.load(hist_ptr + (row * nbh + j[:, None]) * NBINS + (NBINS - 1 - i)[None, :],
+                            mask=(j < nbh)[:, None], other=0), axis=0)  # fmt: skip
+    return h
+
+
+@triton.jit
+def _pick_bin(h, above, goal, NBINS: tl.constexpr):
+    """One radix step on bin totals ``h`` (top bin first): the first bin where ``above`` + the weight
+    at or above it reaches ``goal``, and the weight strictly above that bin (``above`` included).
+
+    Should rounding leave no bin reaching ``goal``, the lowest non-empty bin.
+    """
+    i = tl.arange(0, NBINS)
+    reached = (above + tl.cumsum(h, axis=0)) >= goal
+    first = tl.sum((reached == 0).to(tl.int32), axis=0)
+    lowest = tl.max(tl.where(h > 0, i, 0), axis=0)
+    first = tl.where(first < NBINS, first, lowest)
+    return NBINS - 1 - first, above + tl.sum(tl.where(i < first, h, 0), axis=0)
+
+
+@triton.jit
+def _count_select_kernel(
+    hist_ptr, nbh, rank_ptr, prefix_ptr, x_m_ptr, t_ptr, cut_ptr, thr_ptr, pid0, LAST: tl.constexpr, JB: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64) + pid0
+    rank = tl.load(rank_ptr + row)
+    if rank > 0:
+        b, above = _pick_bin(_bin_totals(hist_ptr, row, nbh, JB, 256), 0, rank.to(tl.int32), 256)
+        prefix = (tl.load(prefix_ptr + row) << 8) | b.to(tl.int64)
+        tl.store(prefix_ptr + row, prefix)
+        tl.store(rank_ptr + row, rank - above)
+        if LAST:  # the k-th largest x, then its z: keep z >= z_k
+            x_k = _from_key((prefix - 2147483648).to(tl.int32))
+            z_k = _logit_z(x_k, tl.load(x_m_ptr + row), tl.load(t_ptr + row))
+            tl.store(cut_ptr + row, z_k)
+            tl.store(thr_ptr + row, _key(z_k))
+
+
+@triton.jit
+def _mass_select_kernel(
+    hist_ptr, nbh, topp_ptr, prefix_ptr, mass_ptr, thr_ptr, pid0, FIRST: tl.constexpr, LAST: tl.constexpr,
+    JB: tl.constexpr, BITS: tl.constexpr,
+):  # fmt: skip
+    # mass_ptr (rows, 2) float64: the goal top_p * kept mass, and the mass above the prefix found so far
+    row = tl.program_id(0).to(tl.int64) + pid0
+    prefix = tl.load(prefix_ptr + row)
+    if prefix >= 0:  # top-p on for this row
+        h = _bin_totals(hist_ptr, row, nbh, JB, 1 << BITS)
+        if FIRST:  # every kept entry is live in the first round: its histogram sums to the kept mass
+            goal = tl.load(topp_ptr + row).to(tl.float64) * tl.sum(h, axis=0)
+            above = 0.0
+        else:
+            goal = tl.load(mass_ptr + 2 * row)
+            above = tl.load(mass_ptr + 2 * row + 1)
+        b, above = _pick_bin(h, above, goal, 1 << BITS)
+        prefix = (prefix << BITS) | b.to(tl.int64)
+        tl.store(prefix_ptr + row, prefix)
+        tl.store(mass_ptr + 2 * row, goal)
+        tl.store(mass_ptr + 2 * row + 1, above)
+        if LAST:  # the smallest key whose strictly-above mass is < goal: keep key(z) >= it
+            tl.store(thr_ptr + row, (prefix - 2147483648).to(tl.int32))
 
 
 @triton.jit
@@ -373,9 +466,7 @@ class _Plan:
 
     def __init__(self, rows: int, cols: int, num_samples: int, device: torch.device) -> None:
         interp = device.type != "cuda"
-        block_max, tile, fblock = (
-            (_BLOCK_INTERP, _TILE_INTERP, _FBLOCK_INTERP) if interp else (_BLOCK_GPU, _TILE_GPU, _FBLOCK_GPU)
-        )
+        block_max, tile = (_BLOCK_INTERP, _TILE_INTERP) if interp else (_BLOCK_GPU, _TILE_GPU)
         self.B = min(block_max, _next_pow2(cols))
         if num_samples >= _MANY_SAMPLES:  # each sample re-reads one block: balance block and search
             self.B = min(self.B, max(16, _next_pow2(math.isqrt(cols - 1) + 1)))
@@ -383,10 +474,19 @@ class _Plan:
         self.NB_P2 = _next_pow2(self.nb)
         rows_p2 = _next_pow2(rows)
         self.R = max(1, min(rows_p2, tile // self.B))
-        self.FB = min(fblock, _next_pow2(cols))
-        # several short rows per threshold program: a tile of at most a quarter of a row step
-        # (1,024 elements on a GPU; a larger tile of short rows spilled at any register count)
-        self.RF = max(1, min(rows_p2, fblock // 4 // self.FB, _MAX_THRESHOLD_ROWS))
+        # the radix select's top-k count rounds and top-p mass rounds
+        count_block, count_chunk, mass_block, mass_chunk = (
+            (_COUNT_BLOCK_INTERP, _COUNT_CHUNK_INTERP, _MASS_BLOCK_INTERP, _MASS_CHUNK_INTERP)
+            if interp
+            else (_COUNT_BLOCK_GPU, _COUNT_CHUNK_GPU, _MASS_BLOCK_GPU, _MASS_CHUNK_GPU)
+        )
+        self.HBC = max(16, min(count_block, _next_pow2(cols)))
+        self.CHC = min(count_chunk, self.HBC)
+        self.nbc = triton.cdiv(cols, self.HBC)
+        self.HBM = max(16, min(mass_block, _next_pow2(cols)))
+        self.CHM = min(mass_chunk, self.HBM)
+        self.nbm = triton.cdiv(cols, self.HBM)
+        self.RI = max(1, min(_INIT_ROWS, 4096 // self.NB_P2))
         self.SB = max(1, min(_next_pow2(num_samples), tile // max(self.B, self.NB_P2)))
 
 
@@ -412,6 +512,72 @@ def _race_select(keys: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, to
     return idx
 
 
+def _radix_threshold(
+    logits: torch.Tensor,
+    ws_max: torch.Tensor,
+    plan: _Plan,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor | None,
+    top_p: torch.Tensor | None,
+) -> torch.Tensor:
+    """Per row the filter threshold, an ordered int32 key of ``z`` (keep iff ``key(z) >= thr``).
+
+    Top-k: the k-th largest ``x`` by a radix select on its key, 8 bits a round (count histograms),
+    then ``thr = key(z(x_k))``. Top-p: the smallest key whose strictly-above mass is ``< top_p``
+    times the kept mass, by a radix select on ``key(z)``, 4 bits a round, over float64 mass histograms of what
+    top-k kept (the first round's histogram sums to the kept mass). Each round: a histogram kernel
+    over (rows, blocks) writing per-block partials, then a per-row select kernel that sums them in
+    block order and updates the row's state on the device. Rows with a filter off skip its rounds.
+    """
+    from . import triton_shard as _shard  # (here: it imports this module's device helpers)
+
+    rows, cols = logits.shape
+    device = logits.device
+    stride = logits.stride(0)
+    m = torch.empty(rows, dtype=torch.float32, device=device)
+    tdiv = torch.empty_like(m)
+    cut = torch.empty_like(m)
+    thr = torch.empty(rows, dtype=torch.int32, device=device)
+    state = torch.empty((3, rows), dtype=torch.int64, device=device)  # rank, top-k prefix, top-p prefix
+    rank, kprefix, pprefix = state[0], state[1], state[2]
+    topk_arg = top_k.contiguous() if top_k is not None else temperature
+    topp_arg = top_p.contiguous() if top_p is not None else temperature
+    for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.RI),)):
+        _select_init_kernel[grid](
+            ws_max, plan.nb, rows, cols, temperature, topk_arg, topp_arg, m, tdiv, rank, kprefix, cut, pprefix, thr,
+            pid0, HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None, R=plan.RI, NB_P2=plan.NB_P2,
+        )  # fmt: skip
+    if top_k is not None:
+        hist = torch.empty((rows, plan.nbc, 256), dtype=torch.int32, device=device)
+        for shift in _SHIFTS:
+            for grid, (pid0, pid1) in grid_pieces((rows, plan.nbc)):
+                _count_kernel[grid](
+                    logits, stride, cols, rank, kprefix, shift, hist, plan.nbc, pid0, pid1,
+                    HAS_PREFIX=shift < 24, HB=plan.HBC, CH=plan.CHC,
+                )  # fmt: skip
+            for grid, (pid0,) in grid_pieces((rows,)):
+                _count_select_kernel[grid](
+                    hist, plan.nbc, rank, kprefix, m, tdiv, cut, thr, pid0, LAST=shift == 0, JB=_SELECT_BLOCKS,
+                )  # fmt: skip
+    if top_p is not None:
+        hist = torch.empty((rows, plan.nbm, 1 << _MASS_BITS), dtype=torch.float64, device=device)
+        mass = torch.empty((rows, 2), dtype=torch.float64, device=device)
+        top = 32 - _MASS_BITS
+        for shift in range(top, -1, -_MASS_BITS):
+            for grid, (pid0, pid1) in grid_pieces((rows, plan.nbm)):
+                _shard._hist_kernel[grid](
+                    logits, stride, cols, m, tdiv, cut, pprefix, shift, hist, plan.nbm, pid0, pid1,
+                    HAS_CUT=top_k is not None, COUNTS=False, HAS_PREFIX=shift < top, HB=plan.HBM, CH=plan.CHM,
+                    BITS=_MASS_BITS,
+                )  # fmt: skip
+            for grid, (pid0,) in grid_pieces((rows,)):
+                _mass_select_kernel[grid](
+                    hist, plan.nbm, topp_arg, pprefix, mass, thr, pid0, FIRST=shift == top, LAST=shift == 0,
+                    JB=_SELECT_BLOCKS * 256 >> _MASS_BITS, BITS=_MASS_BITS,
+                )  # fmt: skip
+    return thr
+
+
 def sample_rows(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -430,7 +596,7 @@ def sample_rows(
     """Sample ``tokens`` (rows, n) int64 from logits (rows, V); see :func:`torch_sampling.sample_rows`.
 
     ``top_k_max`` serves only greedy rows without replacement (the reference's
-    :func:`~.torch_sampling.greedy_order`); the bisection does not need it.
+    :func:`~.torch_sampling.greedy_order`); the radix select does not need it.
     """
     with launch_guard(logits):  # every launch on the input's device and its current stream
         rows, cols = logits.shape
@@ -455,15 +621,7 @@ def sample_rows(
         has_thr = top_k is not None or top_p is not None
         thr = None
         if has_thr:
-            thr = torch.empty(rows, dtype=torch.int32, device=device)
-            topk_arg = top_k.contiguous() if top_k is not None else temperature
-            topp_arg = top_p.contiguous() if top_p is not None else temperature
-            for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.RF),)):
-                _threshold_kernel[grid](
-                    logits, stride, rows, cols, ws["max"], plan.nb, temperature, topk_arg, topp_arg, thr, pid0,
-                    HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None,
-                    R=plan.RF, FB=plan.FB, NB_P2=plan.NB_P2, maxnreg=_THRESHOLD_MAXNREG,
-                )  # fmt: skip
+            thr = _radix_threshold(logits, ws["max"], plan, temperature, top_k, top_p)
         minp = min_p.contiguous() if min_p is not None else temperature
         thr_arg = thr if thr is not None else temperature
         keys = None

@@ -16,8 +16,10 @@ Launch plan (``B`` columns per block, ``nb = cdiv(cols, B)``; every grid through
 ``_search_kernel``  grid (rows, n): per target a rescan of its block with a float64 running sum
                     (``tl.cumsum``): the first column whose prefix exceeds the target.
 ``_hist_kernel``    grid (rows, nbh): per block of ``HB`` columns a 256-bin float64 histogram of
-                    the live entries (a ``(CH, 256)`` compare-and-sum per chunk of ``CH`` columns,
-                    no atomics) -> (rows, nbh, 256), summed over the blocks in block order.
+                    the live entries (a ``(CH, 256)`` compare-and-sum per chunk of ``CH`` columns
+                    that holds a live entry, no atomics) -> (rows, nbh, 256), summed over the blocks
+                    in block order. Also the mass rounds of :mod:`.triton_sampling`'s top-p select,
+                    which marks a settled row by a negative prefix (nothing read, zeros written).
 ``_z_kernel``       grid (rows, nb): ``z`` -> (rows, cols) float32, then ``torch.topk``.
 ``_race_kernel``    grid (rows, nb): the race keys ``z - log E`` (``-inf`` where not kept), ``E``
                     from the Philox word of the global column ``col0 + i`` (the stream and the
@@ -40,7 +42,7 @@ import triton.language as tl
 from . import torch_shard
 from .torch_shard import z_of
 from .triton_launch import grid_pieces, launch_guard
-from .triton_sampling import _stream
+from .triton_sampling import _key, _stream
 
 __all__ = ["histogram", "kept_mass", "race", "search", "top_values", "z_of"]
 
@@ -107,8 +109,7 @@ def _params(row, m_ptr, t_ptr, cut_ptr, minp_ptr, HAS_CUT: tl.constexpr, HAS_MIN
 @triton.jit
 def _order_key(z):
     """:func:`.torch_shard.order_key` of float32 ``z``: its bits' unsigned order in int64 (``-0.0`` as ``+0.0``)."""
-    b = tl.where(z == 0.0, 0.0, z).to(tl.int32, bitcast=True)
-    return tl.where(b < 0, b ^ 0x7FFFFFFF, b).to(tl.int64) + 2147483648
+    return _key(z).to(tl.int64) + 2147483648
 
 
 # --------------------------------------------------------------------------- kernels
@@ -159,34 +160,36 @@ def _search_kernel(
 def _hist_kernel(
     x_ptr, stride, cols, m_ptr, t_ptr, cut_ptr, prefix_ptr, shift, hist_ptr, nb, pid0, pid1,
     HAS_CUT: tl.constexpr, COUNTS: tl.constexpr, HAS_PREFIX: tl.constexpr, HB: tl.constexpr, CH: tl.constexpr,
+    BITS: tl.constexpr = 8,
 ):  # fmt: skip
+    # BITS key bits a round (2**BITS bins): 8 for the distributed sampler, 4 for the sampler's top-p rounds
     row = tl.program_id(0).to(tl.int64) + pid0
     part = tl.program_id(1) + pid1
     m, t, cut, _ = _params(row, m_ptr, t_ptr, cut_ptr, m_ptr, HAS_CUT, False)
-    prefix = 0
-    if HAS_PREFIX:
-        prefix = tl.load(prefix_ptr + row)
-    bins = tl.arange(0, 256)
-    acc = tl.zeros([256], tl.float64)
-    for c in range(0, HB, CH):
-        offs = part * HB + c + tl.arange(0, CH)
-        x = tl.load(x_ptr + row * stride + offs, mask=offs < cols, other=-float("inf")).to(tl.float32)
-        z, w = _weights(x, m, t, cut, 0.0, HAS_CUT, False)
-        if COUNTS:  # every z > -inf at or above the cut counts 1, underflowed weights included
-            live = z > -float("inf")
-            if HAS_CUT:
-                live = live & (z >= cut)
-            wt = live.to(tl.float64)
-        else:
-            wt = w.to(tl.float64)
-        key = _order_key(z)
-        live = wt > 0.0
-        if HAS_PREFIX:
-            live = live & ((key >> (shift + 8)) == prefix)
-        slot = (key >> shift) & 0xFF
-        hit = live[:, None] & (slot[:, None] == bins[None, :])
-        acc += tl.sum(tl.where(hit, wt[:, None], 0.0), axis=0)
-    tl.store(hist_ptr + (row * nb + part) * 256 + bins, acc)
+    prefix = tl.load(prefix_ptr + row)  # a negative prefix: the row is settled (the sampler's radix select)
+    bins = tl.arange(0, 1 << BITS)
+    acc = tl.zeros([1 << BITS], tl.float64)
+    if prefix >= 0:
+        for c in range(0, HB, CH):
+            offs = part * HB + c + tl.arange(0, CH)
+            x = tl.load(x_ptr + row * stride + offs, mask=offs < cols, other=-float("inf")).to(tl.float32)
+            z, w = _weights(x, m, t, cut, 0.0, HAS_CUT, False)
+            if COUNTS:  # every z > -inf at or above the cut counts 1, underflowed weights included
+                live = z > -float("inf")
+                if HAS_CUT:
+                    live = live & (z >= cut)
+                wt = live.to(tl.float64)
+            else:
+                wt = w.to(tl.float64)
+            key = _order_key(z)
+            live = wt > 0.0
+            if HAS_PREFIX:
+                live = live & ((key >> (shift + BITS)) == prefix)
+            if tl.max(live.to(tl.int32), axis=0) > 0:  # the (CH, bins) compare-and-sum only where something is live
+                slot = (key >> shift) & ((1 << BITS) - 1)
+                hit = live[:, None] & (slot[:, None] == bins[None, :])
+                acc += tl.sum(tl.where(hit, wt[:, None], 0.0), axis=0)
+    tl.store(hist_ptr + (row * nb + part) * (1 << BITS) + bins, acc)
 
 
 @triton.jit
