@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# AOT check of the Triton kernels, no GPU needed: the shared sweep tool (../shared/tools/aot_sweep.py, see its
-# README) calls the real launch wrappers with meta tensors, so the planners choose the configurations, and compiles
+# AOT check of the Triton kernels, no GPU needed: the sweep tool (.ci/aot_sweep.py, the project's copy of
+# ../shared/tools/aot_sweep.py, see its README) calls the real launch wrappers with meta tensors, so the planners choose the configurations, and compiles
 # each one for sm_80 / sm_90 / sm_100 (ptxas -v: registers, spills; PTX: load/store widths; sm_90 SASS per element).
 # A fixed budget: the --quick subset (575 compiles, ~4 min on 2 busy cores). FAILS on any compile error or any
 # spill. The table goes to bench/results/aot_summary.md (linked from bench/README.md); the per-compile CSV to
 # $AOT_CSV (default /tmp/ssm-aot.csv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tool=${AOT_SWEEP:-../shared/tools/aot_sweep.py}
+tool=${AOT_SWEEP:-.ci/aot_sweep.py}
 csv=${AOT_CSV:-/tmp/ssm-aot.csv}
 log=${AOT_LOG:-/tmp/ssm-aot.log}
 summary=bench/results/aot_summary.md

@@ -90,8 +90,8 @@ _FALLBACK_SMS = 4
 _PROGRAMS_PER_SM = 4
 #: Register cap handed to ptxas for the looped forward kernel with float32 accumulation: 4 warps
 #: hold a 4,096-column block at 32 elements per thread, and rows of odd length (16-bit scalar
-#: accesses) spilled at ptxas's own choice and at 64. (float64 accumulation keeps ptxas's choice.)
-_LOOPED_MAXNREG = 96
+#: accesses) spilled at ptxas's own choice, at 64 and at 96. (float64 accumulation keeps ptxas's choice.)
+_LOOPED_MAXNREG = 128
 #: Fewest warps of the split path's write kernel: it has no reductions to amortise, and with 4 warps
 #: ptxas spilled on rows of odd length.
 _MIN_WRITE_WARPS = 8
