@@ -20,7 +20,11 @@ SOFTMAX_KERNELS = (
     "_fwd_fused_kernel", "_fwd_looped_kernel", "_fwd_split_stats_kernel", "_fwd_split_write_kernel",
     "_bwd_fused_kernel", "_bwd_looped_kernel",
 )  # fmt: skip
-SAMPLING_KERNELS = ("_stats_kernel", "_threshold_kernel", "_block_kernel", "_draw_kernel")
+SAMPLING_KERNELS = (
+    "_stats_kernel", "_select_init_kernel", "_count_kernel", "_count_select_kernel", "_mass_select_kernel",
+    "_block_kernel", "_draw_kernel",
+)  # fmt: skip
+SHARD_KERNELS = ("_hist_kernel",)  # top-p's mass histograms (triton_shard's, shared with distributed sampling)
 FAKE_INDEX = 1  # the device every tensor is reported to live on
 
 
@@ -42,7 +46,7 @@ class _Spy:
 def launches(monkeypatch):
     """The list of (kernel, device current at its launch) of the test body's Triton launches."""
     require_backend("triton")
-    from stablesoftmax.backends import triton_launch, triton_sampling, triton_softmax
+    from stablesoftmax.backends import triton_launch, triton_sampling, triton_shard, triton_softmax
 
     state = {"current": None}
     log: list[tuple[str, int | None]] = []
@@ -60,7 +64,9 @@ def launches(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "device", FakeDevice)
     monkeypatch.setattr(triton_launch, "_cuda_index", lambda t: FAKE_INDEX)
-    for mod, names in ((triton_softmax, SOFTMAX_KERNELS), (triton_sampling, SAMPLING_KERNELS)):
+    for mod, names in (
+        (triton_softmax, SOFTMAX_KERNELS), (triton_sampling, SAMPLING_KERNELS), (triton_shard, SHARD_KERNELS),
+    ):  # fmt: skip
         for name in names:
             monkeypatch.setattr(mod, name, _Spy(name, getattr(mod, name), state, log))
     with ss.use_backend("triton"):
@@ -100,7 +106,7 @@ def test_sampling_from_logits_runs_on_the_inputs_device(launches, gen):
     with_filters = ss.sample_from_logits(x, temperature=0.8, top_k=20, top_p=0.9, min_p=0.01, seed=7)
     assert with_filters.shape == (3, 1)
     ss.sample_from_logits(x, num_samples=4, replacement=False, seed=7)  # the race keys (_block_kernel)
-    _assert_guarded(launches, SAMPLING_KERNELS)
+    _assert_guarded(launches, SAMPLING_KERNELS + SHARD_KERNELS)
 
 
 def test_sampling_from_probabilities_runs_on_the_inputs_device(launches, gen):
