@@ -127,8 +127,9 @@ def _nan_max(x, axis: tl.constexpr, NATIVE: tl.constexpr):
     if NATIVE:
         return tl.reduce(x, axis, _max_nan)
     else:
-        has_nan = tl.max((x != x).to(tl.int32), axis=axis) > 0
-        return tl.where(has_nan, float("nan"), tl.max(x, axis=axis))
+        is_nan = x != x
+        has_nan = tl.max(is_nan.to(tl.int32), axis=axis) > 0
+        return tl.where(has_nan, float("nan"), tl.max(tl.where(is_nan, -float("inf"), x), axis=axis))
 
 
 @triton.jit
