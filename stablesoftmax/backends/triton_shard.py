@@ -77,7 +77,7 @@ def _z(x, m, t):
     # so that the product keeps float32's precision (|s| capped at 2**60: beyond, it overflows either way)
     tiny = t < 5.421010862427522e-20  # 2**-64
     a = tl.where(tiny, tl.minimum(tl.abs(s), 2.0**60) * 1.8446744073709552e19, tl.abs(s))
-    over = a * 0.5 > _HALF_OVERFLOW * tl.where(tiny, t * 1.8446744073709552e19, tl.minimum(t, 1.0))
+    over = a * 0.5 > _HALF_OVERFLOW * tl.where(tiny, tl.where(tiny, t, 0.0) * 1.8446744073709552e19, tl.minimum(t, 1.0))
     q = tl.math.div_rn(tl.where(over, 0.0, s), t)  # (a dummy dividend of -1 would overflow at tiny t)
     z = tl.where(over, tl.where(s < 0.0, -inf, inf), q)
     return tl.where(s == -inf, -inf, z)
