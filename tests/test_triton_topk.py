@@ -9,16 +9,23 @@ Interpreter shapes stay small; the block sizes are lowered so that a row spans s
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 from conftest import DEVICE
 
-triton = pytest.importorskip("triton")
+import stablesoftmax as ss
 
-from stablesoftmax.backends import torch_sampling as R  # noqa: E402
-from stablesoftmax.backends import triton_sampling as T  # noqa: E402
-from stablesoftmax.backends.torch_softmax import _row_max, _shifted  # noqa: E402
+# Skipped only off CI where Triton cannot run; on CI a missing Triton fails the import below.
+if not os.environ.get("CI") and not ss.available_backends()["triton"].available:
+    pytest.skip("the Triton backend is unavailable here", allow_module_level=True)
+
+import triton
+
+from stablesoftmax.backends import torch_sampling as R
+from stablesoftmax.backends import triton_sampling as T
+from stablesoftmax.backends.torch_softmax import _row_max, _shifted
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
