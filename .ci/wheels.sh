@@ -118,7 +118,7 @@ whl=$(echo dist/stablesoftmax-"$version"-*x86_64.whl)
 run "$work/venv-wheel.log" "$venv/bin/pip" install -q "$repo/$whl[test]"
 say "installed $(basename "$whl") (test extras with it) into $venv"
 
-# A pytest plugin (loaded with -p, from the run directory) that fails the session unless stablesoftmax and its
+# A pytest plugin (loaded with -p from the run directory, on PYTHONPATH for the xdist workers) that fails the session unless stablesoftmax and its
 # extension came from the venv's site-packages, checked once the tests have imported it.
 cat > "$work/run/ssm_installed_check.py" << 'EOF'
 import sys
@@ -156,7 +156,7 @@ say "testing the installed wheel"
 targets=("$@")
 ((${#targets[@]})) || targets=("$repo/tests")
 rc=0
-(cd "$work/run" && CI=${CI:-true} timeout "$(left)" "$venv/bin/python" -m pytest -p ssm_installed_check -p no:cacheprovider \
+(cd "$work/run" && CI=${CI:-true} PYTHONPATH="$work/run" timeout "$(left)" "$venv/bin/python" -m pytest -p ssm_installed_check -p no:cacheprovider \
   --rootdir "$repo" -c "$repo/pyproject.toml" "${targets[@]}") || rc=$?
 ((rc == 124)) && die "the test suite ran out of the time budget (${budget}s)"
 ((rc == 0)) || die "the test suite failed against the installed wheel (exit $rc)"

@@ -14,32 +14,35 @@ namespace py = pybind11;
 
 namespace {
 
-void check(bool ok, const std::string& msg) {
-  if (!ok) throw py::value_error(msg);
-}
+// ValueError(msg) unless ok; a macro, so that the message (string concatenation, heap allocation) is built
+// only when the check fails: a call makes a dozen checks, and a small one is otherwise dominated by them.
+#define SSM_CHECK(ok, msg) \
+  do {                     \
+    if (!(ok)) throw py::value_error(msg); \
+  } while (0)
 
 void check_shape(std::int64_t rows, std::int64_t cols, int num_threads) {
-  check(rows >= 0 && cols >= 0, "rows and cols must be >= 0, got " + std::to_string(rows) + " x " + std::to_string(cols));
-  check(num_threads >= 1, "num_threads must be >= 1, got " + std::to_string(num_threads));
+  SSM_CHECK(rows >= 0 && cols >= 0, "rows and cols must be >= 0, got " + std::to_string(rows) + " x " + std::to_string(cols));
+  SSM_CHECK(num_threads >= 1, "num_threads must be >= 1, got " + std::to_string(num_threads));
 }
 
 void check_dtype(int code, const char* what) {
-  check(ssm::valid_dtype(code), std::string(what) + " must be 0 (float16), 1 (bfloat16), 2 (float32) or 3 (float64), got " +
+  SSM_CHECK(ssm::valid_dtype(code), std::string(what) + " must be 0 (float16), 1 (bfloat16), 2 (float32) or 3 (float64), got " +
                                     std::to_string(code));
 }
 
 void check_ptr(std::uintptr_t p, const char* what, std::int64_t rows, std::int64_t cols) {
-  check(p != 0 || rows == 0 || cols == 0, std::string(what) + " is a null pointer");
+  SSM_CHECK(p != 0 || rows == 0 || cols == 0, std::string(what) + " is a null pointer");
 }
 
 ssm::View make_view(const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& strides, const char* what) {
-  check(sizes.size() == strides.size(), std::string(what) + ": sizes and strides differ in length");
-  check(sizes.size() <= std::size_t(ssm::kMaxDims), std::string(what) + ": at most 64 dimensions");
+  SSM_CHECK(sizes.size() == strides.size(), std::string(what) + ": sizes and strides differ in length");
+  SSM_CHECK(sizes.size() <= std::size_t(ssm::kMaxDims), std::string(what) + ": at most 64 dimensions");
   ssm::View v{};
   v.ndim = int(sizes.size());
   for (std::size_t i = 0; i < sizes.size(); ++i) {
-    check(sizes[i] >= 0, std::string(what) + ": sizes must be >= 0");
-    check(strides[i] >= 0, std::string(what) + ": strides must be >= 0");
+    SSM_CHECK(sizes[i] >= 0, std::string(what) + ": sizes must be >= 0");
+    SSM_CHECK(strides[i] >= 0, std::string(what) + ": strides must be >= 0");
     v.size[i] = sizes[i];
     v.stride[i] = strides[i];
   }
@@ -53,20 +56,20 @@ bool has_elements(const std::vector<std::int64_t>& sizes) {
 }
 
 int check_dim(int dim, const std::vector<std::int64_t>& sizes) {
-  check(!sizes.empty(), "tensors need at least one dimension");
-  check(dim >= 0 && dim < int(sizes.size()), "dim " + std::to_string(dim) + " out of range");
+  SSM_CHECK(!sizes.empty(), "tensors need at least one dimension");
+  SSM_CHECK(dim >= 0 && dim < int(sizes.size()), "dim " + std::to_string(dim) + " out of range");
   return dim;
 }
 
 void softmax_forward(std::uintptr_t in_ptr, std::uintptr_t out_ptr, const std::vector<std::int64_t>& sizes,
                      const std::vector<std::int64_t>& in_strides, const std::vector<std::int64_t>& out_strides, int dim,
                      int in_dtype, int out_dtype, bool log, int num_threads) {
-  check(num_threads >= 1, "num_threads must be >= 1, got " + std::to_string(num_threads));
+  SSM_CHECK(num_threads >= 1, "num_threads must be >= 1, got " + std::to_string(num_threads));
   check_dtype(in_dtype, "in_dtype");
   check_dtype(out_dtype, "out_dtype");
   const bool any = has_elements(sizes);
-  check(!any || in_ptr != 0, "in_ptr is a null pointer");
-  check(!any || out_ptr != 0, "out_ptr is a null pointer");
+  SSM_CHECK(!any || in_ptr != 0, "in_ptr is a null pointer");
+  SSM_CHECK(!any || out_ptr != 0, "out_ptr is a null pointer");
   ssm::ForwardArgs a{};
   a.in = reinterpret_cast<const void*>(in_ptr);
   a.out = reinterpret_cast<void*>(out_ptr);
@@ -85,14 +88,14 @@ void softmax_backward(std::uintptr_t y_ptr, std::uintptr_t grad_ptr, std::uintpt
                       const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& y_strides,
                       const std::vector<std::int64_t>& grad_strides, const std::vector<std::int64_t>& out_strides,
                       int dim, int y_dtype, int grad_dtype, int out_dtype, bool log, int num_threads) {
-  check(num_threads >= 1, "num_threads must be >= 1, got " + std::to_string(num_threads));
+  SSM_CHECK(num_threads >= 1, "num_threads must be >= 1, got " + std::to_string(num_threads));
   check_dtype(y_dtype, "y_dtype");
   check_dtype(grad_dtype, "grad_dtype");
   check_dtype(out_dtype, "out_dtype");
   const bool any = has_elements(sizes);
-  check(!any || y_ptr != 0, "y_ptr is a null pointer");
-  check(!any || grad_ptr != 0, "grad_ptr is a null pointer");
-  check(!any || out_ptr != 0, "out_ptr is a null pointer");
+  SSM_CHECK(!any || y_ptr != 0, "y_ptr is a null pointer");
+  SSM_CHECK(!any || grad_ptr != 0, "grad_ptr is a null pointer");
+  SSM_CHECK(!any || out_ptr != 0, "out_ptr is a null pointer");
   ssm::BackwardArgs a{};
   a.y = reinterpret_cast<const void*>(y_ptr);
   a.grad = reinterpret_cast<const void*>(grad_ptr);
@@ -145,7 +148,7 @@ void sample_common(ssm::SampleArgs& a, std::uintptr_t x_ptr, std::int64_t rows, 
                    std::int64_t tokens_stride, int num_threads) {
   check_shape(rows, cols, num_threads);
   check_dtype(dtype, "dtype");
-  check(num_samples >= 0, "num_samples must be >= 0, got " + std::to_string(num_samples));
+  SSM_CHECK(num_samples >= 0, "num_samples must be >= 0, got " + std::to_string(num_samples));
   check_ptr(x_ptr, "x_ptr", rows, cols);
   for (auto [p, what] : {std::pair<std::uintptr_t, const char*>{seed_ptr, "seed_ptr"}, {row_id_ptr, "row_id_ptr"},
                          {offset_ptr, "offset_ptr"}})
@@ -202,7 +205,7 @@ ssm::ShardArgs shard_args(std::uintptr_t x_ptr, std::int64_t rows, std::int64_t 
                           int dtype, std::uintptr_t m_ptr, std::uintptr_t t_ptr, std::uintptr_t cut_ptr,
                           std::uintptr_t min_p_ptr, int num_threads) {
   check_shape(rows, cols, num_threads);
-  check(dtype == ssm::kF16 || dtype == ssm::kBF16 || dtype == ssm::kF32,
+  SSM_CHECK(dtype == ssm::kF16 || dtype == ssm::kBF16 || dtype == ssm::kF32,
         "shard kernels take float16, bfloat16 or float32 logits, got dtype code " + std::to_string(dtype));
   check_ptr(x_ptr, "x_ptr", rows, cols);
   check_ptr(m_ptr, "m_ptr", rows, 1);
@@ -232,7 +235,7 @@ void shard_mass(SSM_SHARD_ARGS, std::uintptr_t mass_ptr, int num_threads) {
 void shard_search(SSM_SHARD_ARGS, std::uintptr_t before_ptr, std::uintptr_t targets_ptr, std::int64_t n,
                   std::uintptr_t idx_ptr, std::uintptr_t last_ptr, int num_threads) {
   const auto a = shard_args(SSM_SHARD_PASS, num_threads);
-  check(n >= 0, "n must be >= 0");
+  SSM_CHECK(n >= 0, "n must be >= 0");
   check_ptr(before_ptr, "before_ptr", rows, 1);
   check_ptr(targets_ptr, "targets_ptr", rows, n);
   check_ptr(idx_ptr, "idx_ptr", rows, n);
@@ -245,7 +248,7 @@ void shard_search(SSM_SHARD_ARGS, std::uintptr_t before_ptr, std::uintptr_t targ
 void shard_histogram(SSM_SHARD_ARGS, bool counts, std::uintptr_t prefix_ptr, int shift, std::uintptr_t hist_ptr,
                      int num_threads) {
   const auto a = shard_args(SSM_SHARD_PASS, num_threads);
-  check(shift >= 0 && shift <= 24 && shift % 8 == 0, "shift must be 0, 8, 16 or 24, got " + std::to_string(shift));
+  SSM_CHECK(shift >= 0 && shift <= 24 && shift % 8 == 0, "shift must be 0, 8, 16 or 24, got " + std::to_string(shift));
   check_ptr(prefix_ptr, "prefix_ptr", rows, 1);
   check_ptr(hist_ptr, "hist_ptr", rows, 256);
   py::gil_scoped_release nogil;
@@ -255,7 +258,7 @@ void shard_histogram(SSM_SHARD_ARGS, bool counts, std::uintptr_t prefix_ptr, int
 
 void shard_top_values(SSM_SHARD_ARGS, std::int64_t k, std::uintptr_t top_ptr, int num_threads) {
   const auto a = shard_args(SSM_SHARD_PASS, num_threads);
-  check(k >= 1, "k must be >= 1, got " + std::to_string(k));
+  SSM_CHECK(k >= 1, "k must be >= 1, got " + std::to_string(k));
   check_ptr(top_ptr, "top_ptr", rows, k);
   py::gil_scoped_release nogil;
   ssm::shard_top_values(a, k, reinterpret_cast<float*>(top_ptr));
@@ -265,7 +268,7 @@ void shard_race(SSM_SHARD_ARGS, std::uintptr_t seed_ptr, std::uintptr_t row_id_p
                 std::int64_t col0, std::int64_t n, std::uintptr_t keys_ptr, std::uintptr_t ids_ptr,
                 std::uintptr_t count_ptr, int num_threads) {
   const auto a = shard_args(SSM_SHARD_PASS, num_threads);
-  check(n >= 1 && col0 >= 0, "n must be >= 1 and col0 >= 0");
+  SSM_CHECK(n >= 1 && col0 >= 0, "n must be >= 1 and col0 >= 0");
   for (auto [p, what] : {std::pair<std::uintptr_t, const char*>{seed_ptr, "seed_ptr"}, {row_id_ptr, "row_id_ptr"},
                          {offset_ptr, "offset_ptr"}, {count_ptr, "count_ptr"}})
     check_ptr(p, what, rows, 1);

@@ -34,8 +34,10 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // Scratch vectors are thread_local, reused from row to row (no allocation on the hot path). One that
 // had to grow past kScratchCapBytes for a long row (generic-path z and candidates, top-k copies) is
 // released when the function that used it returns, so that after a call no thread keeps more than
-// kScratchCapBytes per scratch vector, whatever the largest row it has seen.
-constexpr std::size_t kScratchCapBytes = std::size_t(16) << 20;  // 16 MiB per vector and thread
+// kScratchCapBytes per scratch vector, whatever the largest row it has seen. 4 MiB holds every vector of a
+// 152,064-entry row (and up to 2^20 floats); a thread keeps a few of them, so a long-lived process with many
+// threads keeps tens of MiB at most (at 16 MiB, a thread that once drew from a 2^22 row kept 48 MiB).
+constexpr std::size_t kScratchCapBytes = std::size_t(4) << 20;  // 4 MiB per vector and thread
 
 template <class Vec> struct ReleaseIfLarge {
   Vec& v;
@@ -304,7 +306,7 @@ struct Filters {
 // top-p then min-p on candidates (a superset of the kept entries whose complement top-p would
 // drop anyway), then the draws. `mass` is the kept mass before top-p.
 template <class Acc>
-void finish(std::vector<Cand<Acc>>& c, double mass, const Filters& f, Rng& rng, bool replacement, const RowOut& out) {
+void finish(ScratchVec<Cand<Acc>>& c, double mass, const Filters& f, Rng& rng, bool replacement, const RowOut& out) {
   if (f.top_p_on) {
     std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.z > b.z || (a.z == b.z && a.idx < b.idx); });
     const double lim = double(f.top_p) * mass;
@@ -324,7 +326,7 @@ void finish(std::vector<Cand<Acc>>& c, double mass, const Filters& f, Rng& rng, 
   }
   std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.idx < b.idx; });
   if (c.empty()) return out.fill_bad();
-  thread_local std::vector<double> cum;
+  thread_local ScratchVec<double> cum;
   const ReleaseIfLarge release_cum{cum};
   cum.resize(c.size());
   double total = 0;
@@ -359,7 +361,7 @@ void finish(std::vector<Cand<Acc>>& c, double mass, const Filters& f, Rng& rng, 
 template <class Acc, class T>
 void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filters& f, Rng& rng, bool replacement,
                         const RowOut& out) {
-  thread_local std::vector<Acc> z, tmp;
+  thread_local ScratchVec<Acc> z, tmp;
   const ReleaseIfLarge release_z{z};
   const ReleaseIfLarge release_tmp{tmp};
   z.resize(std::size_t(V));
@@ -390,7 +392,7 @@ void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filter
       kth = tmp[r];
     }
   }
-  thread_local std::vector<Cand<Acc>> c;
+  thread_local ScratchVec<Cand<Acc>> c;
   const ReleaseIfLarge release_c{c};
   c.clear();
   double mass = 0;
@@ -409,7 +411,7 @@ void generic_logits_row(const T* x, i64 V, Acc m, Acc t, i64 top_k, const Filter
 
 template <class Acc, class T>
 void generic_probs_row(const T* x, i64 V, Rng& rng, bool replacement, const RowOut& out) {
-  thread_local std::vector<Cand<Acc>> c;
+  thread_local ScratchVec<Cand<Acc>> c;
   const ReleaseIfLarge release_c{c};
   c.clear();
   for (i64 i = 0; i < V; ++i) {
@@ -427,7 +429,7 @@ template <class T, class W>
 void draw_from_blocks(const T* x, i64 V, const W& w, const double* bs, Rng& rng, const RowOut& out,
                       const LogitW* lw) {
   const i64 nb = (V + kB - 1) / kB;
-  thread_local std::vector<double> prefix;
+  thread_local ScratchVec<double> prefix;
   const ReleaseIfLarge release_prefix{prefix};
   prefix.resize(std::size_t(nb + 1));
   prefix[0] = 0;
@@ -578,7 +580,7 @@ void race_row(const T* x, i64 V, const W& w, Rng& rng, const RowOut& out, double
 
 // k-th largest input value (as float) of a NaN-free row.
 template <class T> float kth_largest(const T* x, i64 V, i64 k) {
-  thread_local std::vector<float> h;
+  thread_local ScratchVec<float> h;
   const ReleaseIfLarge release_h{h};
   if (k > 4096 || k * 8 > V) {
     h.resize(std::size_t(V));
@@ -612,20 +614,37 @@ template <class T> float kth_largest(const T* x, i64 V, i64 k) {
   return thr;
 }
 
+// A logit below which z = (x - m) / t is below zlo: m + zlo * t less a margin far wider than the
+// rounding of x - m and of the division (2^-20 relative, and t * 2^-140 for a subnormal quotient), rounded
+// down to a float. z is monotone in x, so every x < cut has z(x) <= z(largest float < cut) < zlo.
+// -inf (no cut) when that is not a finite float.
+inline float logit_cut(const LogitW& w, float zlo) {
+  const double zt = double(zlo) * double(w.t);
+  const double margin = std::ldexp(std::fabs(double(w.m)) + std::fabs(zt), -20) + std::ldexp(double(w.t), -140);
+  const double cut = double(w.m) + zt - margin;
+  if (!(std::fabs(cut) <= double(std::numeric_limits<float>::max()))) return -kInf;
+  float f = float(cut);
+  if (double(f) > cut) f = std::nextafter(f, -kInf);
+  return f;
+}
+
 // Entries with z > zlo (strict) or z >= zlo, with their weights (e > 0 only), into c; returns their mass.
+// Only vectors holding a logit >= logit_cut(w, zlo) compute z (a compare, not a division, per entry).
 template <class T>
-double gather(const T* x, i64 V, const LogitW& w, float zlo, bool strict, std::vector<Cand<float>>& c) {
-  thread_local std::vector<float> zs, es;
+double gather(const T* x, i64 V, const LogitW& w, float zlo, bool strict, ScratchVec<Cand<float>>& c) {
+  thread_local ScratchVec<float> zs, es;
   const ReleaseIfLarge release_zs{zs};
   const ReleaseIfLarge release_es{es};
-  thread_local std::vector<i64> ids;
+  thread_local ScratchVec<i64> ids;
   const ReleaseIfLarge release_ids{ids};
   zs.clear();
   ids.clear();
   i64 i = 0;
-  const VF vm = vset(w.m), vt = vset(w.t), vlo = vset(zlo);
+  const VF vm = vset(w.m), vt = vset(w.t), vlo = vset(zlo), vcut = vset(logit_cut(w, zlo));
   for (; i + kLanes <= V; i += kLanes) {
-    const VF z = div(sub(vload(x + i), vm), vt);
+    const VF xv = vload(x + i);
+    if (!mask_bits(ge(xv, vcut))) continue;
+    const VF z = div(sub(xv, vm), vt);
     const unsigned mk = mask_bits(strict ? gt(z, vlo) : ge(z, vlo));
     if (!mk) continue;
     float zb[kLanes];
@@ -844,7 +863,7 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
     const bool filtered = top_k > 0 || f.top_p_on || f.min_p_on;
     if (!filtered) {
       const i64 nb = (V + kB - 1) / kB;
-      thread_local std::vector<double> own;
+      thread_local ScratchVec<double> own;
       const ReleaseIfLarge release_own{own};
       if (!a.replacement) {
         double log_total = 0;
@@ -864,7 +883,7 @@ void logits_row(const SampleArgs& a, i64 r, float mf, bool nan, const double* bs
       }
       return draw_from_blocks(x, V, w, bs, rng, out, &w);
     }
-    thread_local std::vector<Cand<float>> c;
+    thread_local ScratchVec<Cand<float>> c;
     const ReleaseIfLarge release_c{c};
     double mass;
     if (top_k > 0) {
@@ -894,7 +913,7 @@ template <class T> void probs_row(const SampleArgs& a, i64 r, const double* bs) 
   } else {
     const ProbW w;
     if (!a.replacement) return race_row(x, V, w, rng, out, 0.0);
-    thread_local std::vector<double> own;
+    thread_local ScratchVec<double> own;
     const ReleaseIfLarge release_own{own};
     if (!bs) {
       own.resize(std::size_t((V + kB - 1) / kB));
@@ -925,9 +944,9 @@ template <class T> void run(const SampleArgs& a) {
       bool nan = false;
       if constexpr (!std::is_same<T, double>::value) {
         if (plain_params(a, r)) {  // the fast path in one pass, if the row's values allow it
-          thread_local std::vector<double> sums;
+          thread_local ScratchVec<double> sums;
           const ReleaseIfLarge release_sums{sums};
-          thread_local std::vector<float> bmax;
+          thread_local ScratchVec<float> bmax;
           const ReleaseIfLarge release_bmax{bmax};
           sums.resize(std::size_t((V + kB - 1) / kB));
           bmax.resize(sums.size());

@@ -64,7 +64,7 @@ void shard_mass_kernel(const ShardArgs& a, double* mass) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const i64 nb = (a.cols + kB - 1) / kB;
     shard_rows(a, [&](i64 r) {
-      thread_local std::vector<double> bs;
+      thread_local ScratchVec<double> bs;
       const ReleaseIfLarge release_bs{bs};
       bs.resize(std::size_t(nb));
       shard_block_sums(shard_row<T>(a, r), a.cols, ShardRow(a, r), bs.data());
@@ -82,7 +82,7 @@ void shard_search_kernel(const ShardArgs& a, const double* before, const double*
     shard_rows(a, [&](i64 r) {
       const T* x = shard_row<T>(a, r);
       const ShardRow p(a, r);
-      thread_local std::vector<double> prefix;
+      thread_local ScratchVec<double> prefix;
       const ReleaseIfLarge release_prefix{prefix};
       prefix.resize(std::size_t(nb + 1));
       shard_block_sums(x, V, p, prefix.data() + 1);
@@ -181,7 +181,7 @@ void shard_top_values_kernel(const ShardArgs& a, i64 k, float* top) {
       const T* x = shard_row<T>(a, r);
       const ShardRow p(a, r);
       // z is non-decreasing in x, so the k largest z are the z of the k largest x (NaN taken as -inf)
-      thread_local std::vector<float> h;
+      thread_local ScratchVec<float> h;
       const ReleaseIfLarge release_h{h};
       h.clear();
       for (i64 i = 0; i < V; ++i) {

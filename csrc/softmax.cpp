@@ -164,20 +164,38 @@ class Scratch {
   // `slot` keeps independent uses (a nested call) apart.
   char* get(std::size_t bytes, int slot = 0) {
     if (bytes > kScratchCap) {
-      temp_[slot].reset(new char[bytes]);
-      return temp_[slot].get();
+      temp_[slot].reset(bytes);
+      return static_cast<char*>(temp_[slot].p);
     }
-    std::vector<char>& keep = kept(slot);
+    ScratchVec<char>& keep = kept(slot);
     if (keep.size() < bytes) keep.resize(bytes);
     return keep.data();
   }
 
  private:
-  static std::vector<char>& kept(int slot) {
-    thread_local std::vector<char> bufs[2];
+  static ScratchVec<char>& kept(int slot) {
+    thread_local ScratchVec<char> bufs[2];
     return bufs[slot];
   }
-  std::unique_ptr<char[]> temp_[2];
+  // Above the cap: mapped for this call and unmapped when it is done (scratch_allocate), not zeroed.
+  struct Block {
+    void* p = nullptr;
+    std::size_t n = 0;
+    Block() = default;
+    Block(const Block&) = delete;
+    Block& operator=(const Block&) = delete;
+    void reset(std::size_t bytes) {
+      release();
+      p = scratch_allocate(bytes);
+      n = bytes;
+    }
+    void release() {
+      if (p) scratch_free(p, n);
+      p = nullptr;
+    }
+    ~Block() { release(); }
+  };
+  Block temp_[2];
 };
 
 inline std::size_t round_up(std::size_t bytes) { return (bytes + 63) & ~std::size_t(63); }

@@ -14,10 +14,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 #if defined(__GLIBC__)
 #include <malloc.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define SSM_SCRATCH_MMAP 1
 #endif
 
 // The vector layer's functions: always inlined (an out-of-line call per vector costs more than the work).
@@ -38,6 +43,47 @@ inline void return_free_memory() {
   malloc_trim(0);
 #endif
 }
+
+// The allocator of the kernels' scratch memory: blocks of kScratchMapBytes and more are mapped from the OS
+// and unmapped when freed, so that releasing a long row's scratch returns its pages at once, from whichever
+// thread. Through malloc such a block came from the thread's arena, and a pool thread's arena kept it
+// resident after the free (malloc_trim does not trim the top of a non-main arena): 48 MiB after a 2^22
+// float64 row, depending on which thread had drawn it. Smaller blocks go through malloc.
+constexpr std::size_t kScratchMapBytes = std::size_t(1) << 20;
+
+inline void* scratch_allocate(std::size_t bytes) {
+#if defined(SSM_SCRATCH_MMAP)
+  if (bytes >= kScratchMapBytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    return p;
+  }
+#endif
+  return ::operator new(bytes);
+}
+inline void scratch_free(void* p, std::size_t bytes) noexcept {
+#if defined(SSM_SCRATCH_MMAP)
+  if (bytes >= kScratchMapBytes) {
+    munmap(p, bytes);
+    return;
+  }
+#endif
+  ::operator delete(p);
+}
+
+template <class T> struct ScratchAlloc {
+  using value_type = T;
+  ScratchAlloc() = default;
+  template <class U> ScratchAlloc(const ScratchAlloc<U>&) {}
+  T* allocate(std::size_t n) {
+    if (n > std::size_t(-1) / sizeof(T)) throw std::bad_alloc();
+    return static_cast<T*>(scratch_allocate(n * sizeof(T)));
+  }
+  void deallocate(T* p, std::size_t n) noexcept { scratch_free(p, n * sizeof(T)); }
+  template <class U> bool operator==(const ScratchAlloc<U>&) const { return true; }
+  template <class U> bool operator!=(const ScratchAlloc<U>&) const { return false; }
+};
+template <class T> using ScratchVec = std::vector<T, ScratchAlloc<T>>;
 
 enum DType : int { kF16 = 0, kBF16 = 1, kF32 = 2, kF64 = 3 };
 

@@ -22,9 +22,9 @@ template <class Out> inline VF exp_for(VF x) {
 }
 
 // sum_i f(xs_i...) over n elements: four independent float32 accumulators over blocks of 512 elements,
-// block sums added in double (no drift over long rows). When `side` is non-null the terms are also
-// stored there.
-template <class F, class... Ts> double reduce_blocks(std::int64_t n, float* side, F f, const Ts*... xs) {
+// block sums added in double (no drift over long rows). With kSide the terms are also stored to `side`
+// (a template flag, so the loop holds no test of the pointer).
+template <bool kSide, class F, class... Ts> double reduce_blocks(std::int64_t n, float* side, F f, const Ts*... xs) {
   double total = 0;
   std::int64_t i = 0;
   while (i + L <= n) {
@@ -33,13 +33,13 @@ template <class F, class... Ts> double reduce_blocks(std::int64_t n, float* side
     for (; i + 4 * L <= end; i += 4 * L) {
       for (int u = 0; u < 4; ++u) {
         const VF t = f(load(xs + i + L * u)...);
-        if (side) store(side + i + L * u, t);
+        if constexpr (kSide) store(side + i + L * u, t);
         acc[u] = add(acc[u], t);
       }
     }
     for (; i + L <= end; i += L) {
       const VF t = f(load(xs + i)...);
-      if (side) store(side + i, t);
+      if constexpr (kSide) store(side + i, t);
       acc[0] = add(acc[0], t);
     }
     total += reduce_sum(add(add(acc[0], acc[1]), add(acc[2], acc[3])));
@@ -47,7 +47,7 @@ template <class F, class... Ts> double reduce_blocks(std::int64_t n, float* side
   if (i < n) {
     const int m = int(n - i);
     const VF t = keep(tail_mask(m), f(load_tail(xs + i, m, 0.0f)...));
-    if (side) store_tail(side + i, m, t);
+    if constexpr (kSide) store_tail(side + i, m, t);
     total += reduce_sum(t);
   }
   return total;
@@ -112,7 +112,8 @@ template <class In, class Out> void stats_k(const void* xv, std::int64_t n, floa
     }
     const VF vc = vset(float(bm));
     if (!log) {
-      st[j] = {bm, 0, reduce_blocks(len, stage ? stage + b0 : nullptr, [vc](VF v) { return exp_for<Out>(sub(v, vc)); }, xb)};
+      const auto e = [vc](VF v) { return exp_for<Out>(sub(v, vc)); };
+      st[j] = {bm, 0, stage ? reduce_blocks<true>(len, stage + b0, e, xb) : reduce_blocks<false>(len, nullptr, e, xb)};
       continue;
     }
     // log_softmax: entries equal to the max counted apart from the sum of the others.
@@ -255,8 +256,8 @@ template <class Y, class G, bool Log> void reduce_k(const void* y, const void* g
   const G* gp = static_cast<const G*>(g);
   for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kBlock, ++j) {
     const std::int64_t len = std::min(kBlock, n - b0);
-    if (Log) block_sums[j] = reduce_blocks(len, nullptr, [](VF gv) { return gv; }, gp + b0);
-    else block_sums[j] = reduce_blocks(len, nullptr, [](VF yv, VF gv) { return mul(yv, gv); }, yp + b0, gp + b0);
+    if (Log) block_sums[j] = reduce_blocks<false>(len, nullptr, [](VF gv) { return gv; }, gp + b0);
+    else block_sums[j] = reduce_blocks<false>(len, nullptr, [](VF yv, VF gv) { return mul(yv, gv); }, yp + b0, gp + b0);
   }
 }
 

@@ -73,6 +73,9 @@ inline VF vmin(VF a, VF b) { return _mm512_min_ps(a, b); }
 inline VF fmadd(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
 inline VF fnmadd(VF a, VF b, VF c) { return _mm512_fnmadd_ps(a, b, c); }
 inline VF round_even(VF v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// p * 2^n for an integral n, one rounding (subnormal results, 0 and inf included): VSCALEFPS.
+#define SSM_VEC_HAS_SCALEF 1
+inline VF scalef(VF p, VF n) { return _mm512_scalef_ps(p, n); }
 
 inline VM lt(VF a, VF b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 inline VM le(VF a, VF b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }

@@ -24,11 +24,15 @@ SSM_VEC_INLINE VF reduce_ln2(VF x, VF n) {
 // p * 2^n for an integral n in [-150, 128], as p * 2^a * 2^b with a + b = n: both factors are normal numbers,
 // so the first product is exact and only the last one rounds (also when the result is subnormal).
 SSM_VEC_INLINE VF scale_pow2(VF p, VF n) {
+#if defined(SSM_VEC_HAS_SCALEF)
+  return scalef(p, n);
+#else
   const VI ni = cvt_int(n);
   const VI a = isra<1>(ni);
   const VI b = isub(ni, a);
   const VI bias = iset(127);
   return mul(mul(p, as_float(ishl<23>(iadd(a, bias)))), as_float(ishl<23>(iadd(b, bias))));
+#endif
 }
 
 // exp(x), ~1-2 ulp over the whole range, subnormal results exact-rounded: x = n*ln2 + r, e^r by a
@@ -48,14 +52,23 @@ SSM_VEC_INLINE VF exp_exact(VF x) {
 // x < -86.5 gives 0 (as does -inf), e^r by a degree-6 Taylor polynomial on |r| <= ln2/2 (truncation
 // < 1.3e-7 relative, ~2-3 ulp in all), 2^n added to the exponent bits in one step. Meant for x <= 0
 // (x - row max); x up to 88 still works. NaN lanes give 0: callers detect NaN rows before they
-// exponentiate.
+// exponentiate. Where the ISA scales by 2^n in one instruction (SSM_VEC_HAS_SCALEF: AVX-512's
+// VSCALEFPS), that instruction replaces the exponent-bit addition and the range mask: the same value
+// wherever the result is >= 2^-126, and results below it are kept (correctly rounded) instead of 0.
 SSM_VEC_INLINE VF exp_ftz(VF x) {
+#if defined(SSM_VEC_HAS_SCALEF)
+  x = vmax(x, vset(-110.0f));  // 2^-159 rounds to 0; -inf and NaN (vmax returns its second operand) give 0
+  const VF shift = vset(12582912.0f);
+  const VF n = sub(fmadd(x, vset(1.44269504088896341f), shift), shift);
+  return scalef(exp_taylor<6>(reduce_ln2(x, n)), n);
+#else
   const VM in_range = ge(x, vset(-86.5f));
   x = vmax(x, vset(-86.5f));
   const VF shift = vset(12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
   const VF t = fmadd(x, vset(1.44269504088896341f), shift);
   const VF p = exp_taylor<6>(reduce_ln2(x, sub(t, shift)));
   return keep(in_range, as_float(iadd(as_int(p), ishl<23>(as_int(t)))));
+#endif
 }
 
 // The sampling kernels' exp (every path of one ISA uses this one, so the block sums, the rescans and

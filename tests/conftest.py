@@ -36,6 +36,14 @@ settings.register_profile("ci", max_examples=200, deadline=None, derandomize=Tru
 settings.register_profile("long", max_examples=3000, deadline=None, derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (the addopts in pyproject.toml): a worker per CPU this process may use, at most 8 (each one
+    imports torch and runs its own thread pools)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, 8))
+
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Backends that run on DEVICE; the cpp backend exists only for CPU tensors.
 BACKENDS = ["triton", "cpp", "torch"] if DEVICE.type == "cpu" else ["triton", "torch"]

@@ -134,6 +134,26 @@ def test_temperature_limits_identical_on_every_engine(gen):
             assert not torch.isinf(x.cpu().float().gather(1, tokens)).any()
 
 
+# --------------------------------------------------------------------------- a cut among equal z
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.37, 3000.0])
+def test_top_k_keeps_every_logit_whose_z_ties_the_kth(engine, temperature, gen):
+    """Distinct logits that round to one z = (x - m) / T: top-k keeps all of them, and nothing below.
+    Below a 1.0 maximum, logits in [0, 1e-6) give x - 1 on about 17 float32 values, ~100 logits each:
+    the kth z is one of those levels. (The C++ kernel skips the division for logits under a cut in x;
+    the entries just below the kept level test that cut.)"""
+    cols = 400 if _small(engine) else 2000
+    x = torch.rand(1, cols, generator=gen) * 1e-6
+    x[0, 0] = 1.0
+    z = (x - 1.0) / torch.tensor(temperature)  # float32, rounded as every engine rounds it
+    kth = z.topk(40).values[0, -1]
+    kept = set(torch.nonzero(z[0] >= kth).flatten().tolist())
+    assert 40 < len(kept) < cols - 100  # ties at the cut, and entries just below it
+    tokens = ss.sample_from_logits(x.to(DEVICE), 6000, temperature=temperature, top_k=40, seed=3).cpu()
+    assert set(tokens.flatten().tolist()) == kept
+
+
 # --------------------------------------------------------------------------- greedy without replacement
 
 
