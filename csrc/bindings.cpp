@@ -298,6 +298,7 @@ PYBIND11_MODULE(_C, m) {
         "Input gradient from the forward output y and upstream grad along `dim` (strided, as softmax_forward): "
         "softmax y*(g - sum(g*y)); log_softmax g - exp(y)*sum(g).");
   m.def("pool_workers", &ssm::pool_workers, "Worker threads the extension's thread pool holds now (for tests).");
+  m.def("pool_spin_us", &ssm::pool_spin_us, "Microseconds an idle worker spins before it sleeps (STABLESOFTMAX_POOL_SPIN_US).");
   m.def("cpu_features", &cpu_features, "CPU features (bool), 'isa' (in use), 'isa_reason' (why), 'supported_isas'");
   m.def("current_isa", [] { return std::string(ssm::current_isa()); }, "The ISA whose kernels run now.");
   m.def("supported_isas", &ssm::supported_isas, "The ISAs this build can run on this CPU, best first ('scalar' last).");

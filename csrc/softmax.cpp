@@ -376,7 +376,7 @@ RowNorm combine(const BlockStat* st, std::int64_t nb, bool log) {
   }
   if (log) {
     r.s = c + d;
-    r.log_s = std::log(c) + std::log1p(d / c);
+    r.log_s = (c == 1 ? 0.0 : std::log(c)) + std::log1p(d / c);  // (log 1 = 0 exactly: one libm call saved per row)
   } else {
     r.s = d;
   }
@@ -408,7 +408,8 @@ struct Forward {
       for (std::int64_t j = 0; j < nj; ++j) {
         const BlockStat& b = st[j0 + j];
         shift[j] = shift_of(b.m);
-        f[j] = b.m == -kInf ? 0.0 : std::exp(b.m - rn.m) / rn.s;
+        // exp(0) = 1 exactly: a short row (one block) needs no libm call
+        f[j] = b.m == -kInf ? 0.0 : b.m == rn.m ? 1.0 / rn.s : std::exp(b.m - rn.m) / rn.s;
       }
       k->write_exp(x, stage, n, shift, f, out);
     }
@@ -632,5 +633,6 @@ void softmax_backward(const BackwardArgs& a) {
 }
 
 int pool_workers() { return ThreadPool::get().live_workers(); }
+int pool_spin_us() { return ThreadPool::spin_us(); }
 
 }  // namespace ssm

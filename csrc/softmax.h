@@ -248,5 +248,7 @@ const char* current_isa();
 std::string isa_reason();
 // Worker threads the process's pool holds now (for tests).
 int pool_workers();
+// Microseconds an idle pool worker spins before it sleeps (STABLESOFTMAX_POOL_SPIN_US, default 200).
+int pool_spin_us();
 
 }  // namespace ssm

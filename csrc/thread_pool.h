@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstdint>
 #include <mutex>
 #include <thread>
@@ -54,6 +55,19 @@ class ThreadPool {
  public:
   using TaskFn = void (*)(void* ctx, std::int64_t task);
   static constexpr int kMaxWorkers = 255;
+  static constexpr int kDefaultSpinUs = 200;
+
+  // How long an idle worker spins before it sleeps: STABLESOFTMAX_POOL_SPIN_US (read once), else kDefaultSpinUs.
+  static int spin_us() {
+    static const int us = [] {
+      const char* v = std::getenv("STABLESOFTMAX_POOL_SPIN_US");
+      if (!v || !*v) return kDefaultSpinUs;
+      char* end = nullptr;
+      const long n = std::strtol(v, &end, 10);
+      return (*end == 0 && n >= 0 && n <= 1000000) ? int(n) : kDefaultSpinUs;
+    }();
+    return us;
+  }
 
   // The process's pool (a new one in a forked child).
   static ThreadPool& get() {
@@ -186,11 +200,12 @@ class ThreadPool {
 
   void worker_loop(int index, std::uint64_t seen) {
     for (;;) {
-      // Spin for up to ~200 us waiting for the next job, then sleep.
+      // Spin for up to spin_us() waiting for the next job, then sleep.
+      const auto spin = std::chrono::microseconds(spin_us());
       auto start = std::chrono::steady_clock::now();
       for (int spins = 1; ticket_.load(std::memory_order_acquire) == seen; ++spins) {
         cpu_relax();
-        if ((spins & 255) == 0 && std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) {
+        if ((spins & 255) == 0 && std::chrono::steady_clock::now() - start >= spin) {
           std::unique_lock<std::mutex> lk(wake_mu_);
           sleepers_.fetch_add(1, std::memory_order_acq_rel);
           wake_cv_.wait(lk, [&] { return ticket_.load(std::memory_order_acquire) != seen; });

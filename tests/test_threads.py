@@ -46,6 +46,35 @@ def test_pool_follows_the_thread_count(cpp):
     assert cpp.pool_workers() <= 2
 
 
+_SPIN_CHILD = textwrap.dedent(
+    """
+    import torch, stablesoftmax as ss
+    from stablesoftmax import _C
+    torch.set_num_threads(2)
+    x = torch.randn(64, 65_536, generator=torch.Generator().manual_seed(3))
+    with ss.use_backend("cpp"):
+        a = ss.softmax(x, -1)
+        b = ss.softmax(x, -1)  # the workers slept in between when the spin is 0
+    want = torch.softmax(x.double(), -1)
+    assert torch.equal(a, b) and torch.allclose(a.double(), want, rtol=1e-5, atol=1e-12)
+    print(_C.pool_spin_us())
+    """
+)
+
+
+@pytest.mark.parametrize(("value", "spin"), [(None, 200), ("0", 0), ("20", 20), ("fast", 200), ("-5", 200)])
+def test_pool_spin_follows_the_environment(value, spin):
+    """STABLESOFTMAX_POOL_SPIN_US sets how long idle workers spin (0: they sleep at once); a value that is not a
+    non-negative integer keeps the default. The results do not depend on it."""
+    require_backend("cpp")
+    env = {k: v for k, v in os.environ.items() if k not in ("STABLESOFTMAX_BACKEND", "STABLESOFTMAX_POOL_SPIN_US")}
+    if value is not None:
+        env["STABLESOFTMAX_POOL_SPIN_US"] = value
+    proc = subprocess.run([sys.executable, "-c", _SPIN_CHILD], env=env, timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == spin
+
+
 def test_concurrent_callers_get_the_serial_results(cpp):
     gen = torch.Generator().manual_seed(5)
     inputs = [torch.randn(r, c, generator=gen).half() for r, c in [(1, 152_064), (4, 70_000), (64, 3000), (300, 77)]]
