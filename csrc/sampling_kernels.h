@@ -39,16 +39,16 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // threads keeps tens of MiB at most (at 16 MiB, a thread that once drew from a 2^22 row kept 48 MiB).
 constexpr std::size_t kScratchCapBytes = std::size_t(4) << 20;  // 4 MiB per vector and thread
 
-template <class Vec> struct ReleaseIfLarge {
-  Vec& v;
+// Scratch vectors are ScratchVec: a vector past the cap is past kScratchMapBytes too, so its block is mapped
+// and the release hands its pages back to the OS at once.
+static_assert(kScratchCapBytes >= kScratchMapBytes, "a released scratch vector must be a mapped block");
+template <class T> struct ReleaseIfLarge {
+  ScratchVec<T>& v;
   ~ReleaseIfLarge() {
-    if (v.capacity() * sizeof(typename Vec::value_type) > kScratchCapBytes) {
-      Vec().swap(v);
-      return_free_memory();
-    }
+    if (v.capacity() * sizeof(T) > kScratchCapBytes) ScratchVec<T>().swap(v);
   }
 };
-template <class Vec> ReleaseIfLarge(Vec&) -> ReleaseIfLarge<Vec>;
+template <class T> ReleaseIfLarge(ScratchVec<T>&) -> ReleaseIfLarge<T>;
 
 // ---------------------------------------------------------------- random numbers
 

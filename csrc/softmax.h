@@ -17,9 +17,6 @@
 #include <new>
 #include <string>
 #include <vector>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
 #define SSM_SCRATCH_MMAP 1
@@ -34,21 +31,12 @@
 
 namespace ssm {
 
-// Hands the allocator's free memory back to the OS (glibc: malloc_trim). Called after a scratch buffer
-// larger than the per-thread cap was freed: glibc raises its mmap threshold (up to 32 MiB) each time an
-// mmapped block is freed, so the next large buffers come from the heap, and freeing them alone would
-// leave tens of MiB resident, depending on what ran before.
-inline void return_free_memory() {
-#if defined(__GLIBC__)
-  malloc_trim(0);
-#endif
-}
-
 // The allocator of the kernels' scratch memory: blocks of kScratchMapBytes and more are mapped from the OS
 // and unmapped when freed, so that releasing a long row's scratch returns its pages at once, from whichever
 // thread. Through malloc such a block came from the thread's arena, and a pool thread's arena kept it
 // resident after the free (malloc_trim does not trim the top of a non-main arena): 48 MiB after a 2^22
-// float64 row, depending on which thread had drawn it. Smaller blocks go through malloc.
+// float64 row, depending on which thread had drawn it (and malloc_trim, which the release used to call,
+// walked every arena for nothing). Smaller blocks go through malloc.
 constexpr std::size_t kScratchMapBytes = std::size_t(1) << 20;
 
 inline void* scratch_allocate(std::size_t bytes) {
