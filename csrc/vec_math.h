@@ -58,15 +58,17 @@ SSM_VEC_INLINE VF exp_exact(VF x) {
 SSM_VEC_INLINE VF exp_ftz(VF x) {
 #if defined(SSM_VEC_HAS_SCALEF)
   x = vmax(x, vset(-110.0f));  // 2^-159 rounds to 0; -inf and NaN (vmax returns its second operand) give 0
-  const VF shift = vset(12582912.0f);
-  const VF n = sub(fmadd(x, vset(1.44269504088896341f), shift), shift);
-  return scalef(exp_taylor<6>(reduce_ln2(x, n)), n);
 #else
   const VM in_range = ge(x, vset(-86.5f));
   x = vmax(x, vset(-86.5f));
+#endif
   const VF shift = vset(12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
   const VF t = fmadd(x, vset(1.44269504088896341f), shift);
-  const VF p = exp_taylor<6>(reduce_ln2(x, sub(t, shift)));
+  const VF n = sub(t, shift);
+  const VF p = exp_taylor<6>(reduce_ln2(x, n));
+#if defined(SSM_VEC_HAS_SCALEF)
+  return scale_pow2(p, n);
+#else
   return keep(in_range, as_float(iadd(as_int(p), ishl<23>(as_int(t)))));
 #endif
 }
