@@ -109,6 +109,20 @@ def require_backend(name: str) -> None:
         pytest.skip(f"backend {name} unavailable here: {status.reason}")
 
 
+def import_or_skip_off_ci(name: str, why: str):
+    """``importlib.import_module(name)`` for a test module. Off CI a missing module skips the whole test module;
+    on CI (which installs the test extras and builds the extension) it fails it: a missing module there is a
+    broken install, not an absent device, and must not pass as a skip."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} must import on CI ({why}): {exc}", pytrace=False)
+        pytest.skip(f"{name} does not import here ({why}): {exc}", allow_module_level=True)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest):
     """Run the test body with one backend forced; yields its name ("cpp" for "cpp-<isa>" under ``isa_axis``)."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import import_or_skip_off_ci
 
-triton = pytest.importorskip("triton")
+triton = import_or_skip_off_ci("triton", "the AOT compiles need the triton package")
 
 from stablesoftmax.backends import triton_sampling as T  # noqa: E402
 from stablesoftmax.backends import triton_shard as H  # noqa: E402

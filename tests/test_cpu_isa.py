@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import import_or_skip_off_ci
 
-_C = pytest.importorskip("stablesoftmax._C", reason="the C++ extension is not built")
+_C = import_or_skip_off_ci("stablesoftmax._C", "the C++ extension")
 
 ALL_ISAS = ("avx512", "avx2", "neon", "scalar")
 

@@ -13,14 +13,14 @@ import math
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
+from .conftest import DEVICE, import_or_skip_off_ci
+
+triton = import_or_skip_off_ci("triton", "the Triton launch wrappers")
 
 from stablesoftmax.backends import triton_launch as L  # noqa: E402
 from stablesoftmax.backends import triton_sampling as T  # noqa: E402
 from stablesoftmax.backends import triton_shard as H  # noqa: E402
 from stablesoftmax.backends import triton_softmax as S  # noqa: E402
-
-from .conftest import DEVICE  # noqa: E402
 
 SOFTMAX_KERNELS = ("_fwd_fused_kernel", "_fwd_looped_kernel", "_fwd_split_stats_kernel", "_fwd_split_write_kernel",
                    "_bwd_fused_kernel", "_bwd_looped_kernel")  # fmt: skip

@@ -14,11 +14,11 @@ import math
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
+from .conftest import DEVICE, import_or_skip_off_ci
+
+triton = import_or_skip_off_ci("triton", "the Triton kernels")
 
 from stablesoftmax.backends import triton_softmax as S  # noqa: E402
-
-from .conftest import DEVICE  # noqa: E402
 
 # 20,000 columns: past the fused limit, five chunks of 4,096 with a partial last one.
 LONG = 20_000

@@ -16,16 +16,16 @@ import math
 import pytest
 import torch
 from _reference import shard_case
-from conftest import DEVICE, require_backend
+from conftest import DEVICE, import_or_skip_off_ci, require_backend
 
 import stablesoftmax as ss
 import stablesoftmax.distributed as sd
 from stablesoftmax.backends import torch_shard
 
-pytest.importorskip("triton")
+import_or_skip_off_ci("triton", "the Triton shard kernels")
 
-from stablesoftmax.backends import triton_launch
-from stablesoftmax.backends import triton_shard as T
+from stablesoftmax.backends import triton_launch  # noqa: E402
+from stablesoftmax.backends import triton_shard as T  # noqa: E402
 
 ROWS, COLS = 6, 700
 # exp and log against torch's: ulps in the interpreter (numpy); on a GPU Triton's fast exp (ex2.approx of
