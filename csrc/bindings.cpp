@@ -9,6 +9,7 @@
 
 #include "sampling.h"
 #include "softmax.h"
+#include "thread_pool.h"
 
 namespace py = pybind11;
 
@@ -136,6 +137,14 @@ py::dict cpu_features() {
 void set_isa(const std::string& name) {
   try {
     ssm::set_isa(name);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+void set_thread_runtime(const std::string& name) {
+  try {
+    ssm::set_thread_runtime(name);
   } catch (const std::invalid_argument& e) {
     throw py::value_error(e.what());
   }
@@ -299,6 +308,9 @@ PYBIND11_MODULE(_C, m) {
         "softmax y*(g - sum(g*y)); log_softmax g - exp(y)*sum(g).");
   m.def("pool_workers", &ssm::pool_workers, "Worker threads the extension's thread pool holds now (for tests).");
   m.def("pool_spin_us", &ssm::pool_spin_us, "Microseconds an idle worker spins before it sleeps (STABLESOFTMAX_POOL_SPIN_US).");
+  m.def("thread_runtime", &ssm::thread_runtime, "('openmp' or 'pool', why): the threads parallel work runs on now.");
+  m.def("set_thread_runtime", &set_thread_runtime, py::arg("name"),
+        "'auto' (STABLESOFTMAX_CPU_THREADS, else torch's OpenMP where usable), 'openmp' or 'pool'.");
   m.def("cpu_features", &cpu_features, "CPU features (bool), 'isa' (in use), 'isa_reason' (why), 'supported_isas'");
   m.def("current_isa", [] { return std::string(ssm::current_isa()); }, "The ISA whose kernels run now.");
   m.def("supported_isas", &ssm::supported_isas, "The ISAs this build can run on this CPU, best first ('scalar' last).");

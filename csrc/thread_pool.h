@@ -1,9 +1,21 @@
-// A small persistent thread pool (no OpenMP: torch already loads its own runtime).
+// The extension's threads. parallel_for(nthreads, ntasks, f) runs f(i) for every i in [0, ntasks) on up to
+// nthreads threads, the calling thread included, tasks claimed from an atomic counter, on one of two runtimes:
 //
-// parallel_for(nthreads, ntasks, f) runs f(i) for every i in [0, ntasks) on up to nthreads threads,
-// the calling thread included; tasks are claimed from an atomic counter. Workers are created on
-// demand and follow the thread count: ThreadPool::follow(torch.get_num_threads()) at an entry point
-// retires (joins) workers beyond it, and workers that 16 jobs in a row have not needed are retired
+// - torch's own OpenMP runtime (the default where torch loaded one): the GOMP_parallel entry point of the
+//   library libtorch_cpu links (libgomp's ABI, which LLVM's libomp and Intel's libiomp5 export as well), found
+//   with dlopen(RTLD_NOLOAD) + dlsym, never loaded or linked by us. Our work then runs on the very threads
+//   torch's ops use: a second set of threads spinning after each call would compete with torch's for the
+//   cores (measured: softmax of one 152,064 row then x.float(), 545 us a pair against 50). After fork() the
+//   child's OpenMP state is not usable (libgomp hangs there, torch's own ops included), so a forked child
+//   uses the pool below.
+// - ThreadPool: a small persistent pool of our own, for builds without OpenMP (the native tests, Windows),
+//   forked children, and STABLESOFTMAX_CPU_THREADS=pool.
+//
+// The results never depend on the runtime or on how many threads it gives: the kernels' work is split into
+// tasks at fixed boundaries and combined in a fixed order.
+//
+// ThreadPool details: workers are created on demand and follow the thread count: ThreadPool::follow(torch.get_num_threads())
+// at an entry point retires (joins) workers beyond it, and workers that 16 jobs in a row have not needed are retired
 // too, so a pool grown under torch.set_num_threads(128) shrinks back instead of waking 127 threads
 // for every later job. Workers spin briefly after a job (so
 // back-to-back dispatches are cheap), then sleep on a condition variable. One job runs at a time:
@@ -19,15 +31,25 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstdint>
+#include <cstring>
+#include <exception>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(_WIN32)
 #include <process.h>
 #else
 #include <unistd.h>
+#endif
+#if defined(__linux__) || defined(__APPLE__)
+#include <dlfcn.h>
+#include <pthread.h>
+#define SSM_HAVE_DLFCN 1
 #endif
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -241,6 +263,131 @@ class ThreadPool {
   std::vector<std::thread> workers_;
 };
 
+// torch's OpenMP runtime, borrowed (see the top of this file).
+class OpenMpRuntime {
+ public:
+  using TaskFn = ThreadPool::TaskFn;
+  static OpenMpRuntime& get() {
+    static OpenMpRuntime r;
+    return r;
+  }
+  // Found in this process and not invalidated by a fork since.
+  bool usable() const { return parallel_ != nullptr && !forked().load(std::memory_order_relaxed); }
+  // Where it came from, or why it cannot be used.
+  std::string describe() const {
+    if (parallel_ == nullptr) return "no OpenMP runtime loaded by torch (" + std::string(missing_) + ")";
+    if (forked().load(std::memory_order_relaxed)) return "forked child: OpenMP is not usable after fork()";
+    return "GOMP_parallel of " + std::string(library_);
+  }
+
+  // Runs fn(ctx, i) for i in [0, ntasks) on a team of up to nthreads threads; an exception thrown by a task is
+  // rethrown here after the team has finished (none may leave an OpenMP region).
+  void run(int nthreads, std::int64_t ntasks, TaskFn fn, void* ctx) const {
+    Job job{fn, ctx, ntasks};
+    const std::int64_t team = std::min<std::int64_t>(nthreads, ntasks);
+    parallel_(&OpenMpRuntime::body, &job, unsigned(team), 0);
+    if (job.error) std::rethrow_exception(job.error);
+  }
+
+ private:
+  using ParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+  struct Job {
+    TaskFn fn;
+    void* ctx;
+    std::int64_t ntasks;
+    std::atomic<std::int64_t> next{0};
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;  // written once, by the task that set `failed`; read after the team's barrier
+  };
+
+  static void body(void* p) {
+    Job& job = *static_cast<Job*>(p);
+    for (;;) {
+      const std::int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= job.ntasks) return;
+      if (job.failed.load(std::memory_order_relaxed)) continue;
+      try {
+        job.fn(job.ctx, i);
+      } catch (...) {
+        if (!job.failed.exchange(true)) job.error = std::current_exception();
+      }
+    }
+  }
+
+  static std::atomic<bool>& forked() {
+    static std::atomic<bool> f{false};
+    return f;
+  }
+
+  OpenMpRuntime() {
+#if defined(SSM_HAVE_DLFCN)
+    // libtorch_cpu's own dependency, whatever its file name (torch wheels bundle libgomp under a hashed name):
+    // dlsym on a handle searches the library and the libraries it needs.
+    for (const char* lib : {"libtorch_cpu.so", "libtorch_cpu.dylib"}) {
+      void* handle = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD);
+      if (handle == nullptr) continue;
+      void* sym = dlsym(handle, "GOMP_parallel");
+      if (sym == nullptr) {
+        missing_ = "libtorch_cpu exports no GOMP_parallel";
+        continue;  // the handle stays open: libtorch_cpu is never unloaded anyway
+      }
+      parallel_ = reinterpret_cast<ParallelFn>(sym);
+      Dl_info info;
+      library_ = dladdr(sym, &info) != 0 && info.dli_fname != nullptr ? info.dli_fname : lib;
+      break;
+    }
+    if (parallel_ != nullptr) pthread_atfork(nullptr, nullptr, [] { forked().store(true, std::memory_order_relaxed); });
+#else
+    missing_ = "no dlopen on this platform";
+#endif
+  }
+
+  ParallelFn parallel_ = nullptr;
+  const char* library_ = "";
+  const char* missing_ = "libtorch_cpu is not loaded";
+};
+
+// Which runtime parallel_for uses: STABLESOFTMAX_CPU_THREADS=auto|openmp|pool (read once; an unknown value is
+// auto), changed at run time by set_thread_runtime().
+enum class ThreadRuntime { kAuto, kOpenMp, kPool };
+
+inline std::atomic<int>& thread_runtime_choice() {
+  static std::atomic<int> choice{[] {
+    const char* v = std::getenv("STABLESOFTMAX_CPU_THREADS");
+    if (v != nullptr && std::strcmp(v, "pool") == 0) return int(ThreadRuntime::kPool);
+    if (v != nullptr && std::strcmp(v, "openmp") == 0) return int(ThreadRuntime::kOpenMp);
+    return int(ThreadRuntime::kAuto);
+  }()};
+  return choice;
+}
+
+// True when parallel_for runs on torch's OpenMP threads now (openmp asked for but unusable falls back to the pool).
+inline bool uses_openmp() {
+  return thread_runtime_choice().load(std::memory_order_relaxed) != int(ThreadRuntime::kPool) &&
+         OpenMpRuntime::get().usable();
+}
+
+// The runtime in use and why, e.g. {"openmp", "GOMP_parallel of /.../libgomp.so.1"}.
+inline std::pair<std::string, std::string> thread_runtime() {
+  const int choice = thread_runtime_choice().load(std::memory_order_relaxed);
+  if (choice == int(ThreadRuntime::kPool)) return {"pool", "asked for (STABLESOFTMAX_CPU_THREADS or set_thread_runtime)"};
+  const OpenMpRuntime& omp = OpenMpRuntime::get();
+  if (omp.usable()) return {"openmp", omp.describe()};
+  return {"pool", omp.describe()};
+}
+
+// "auto", "openmp" (std::invalid_argument when it cannot be used here) or "pool".
+inline void set_thread_runtime(const std::string& name) {
+  if (name == "auto") thread_runtime_choice().store(int(ThreadRuntime::kAuto));
+  else if (name == "pool") thread_runtime_choice().store(int(ThreadRuntime::kPool));
+  else if (name == "openmp") {
+    if (!OpenMpRuntime::get().usable()) throw std::invalid_argument("openmp: " + OpenMpRuntime::get().describe());
+    thread_runtime_choice().store(int(ThreadRuntime::kOpenMp));
+  } else {
+    throw std::invalid_argument("thread runtime must be 'auto', 'openmp' or 'pool', got '" + name + "'");
+  }
+}
+
 // Runs f(i) for i in [0, ntasks) on up to nthreads threads (inline when that is 1).
 template <class F>
 void parallel_for(int nthreads, std::int64_t ntasks, F&& f) {
@@ -249,9 +396,10 @@ void parallel_for(int nthreads, std::int64_t ntasks, F&& f) {
     return;
   }
   using Fn = std::remove_reference_t<F>;
-  ThreadPool::get().run(
-      nthreads, ntasks, [](void* ctx, std::int64_t i) { (*static_cast<Fn*>(ctx))(i); },
-      const_cast<void*>(static_cast<const void*>(&f)));
+  const ThreadPool::TaskFn task = [](void* ctx, std::int64_t i) { (*static_cast<Fn*>(ctx))(i); };
+  void* ctx = const_cast<void*>(static_cast<const void*>(&f));
+  if (uses_openmp()) OpenMpRuntime::get().run(nthreads, ntasks, task, ctx);
+  else ThreadPool::get().run(nthreads, ntasks, task, ctx);
 }
 
 }  // namespace ssm

@@ -64,6 +64,8 @@ def _info() -> int:
             f"cpu: {cpu_model()}: " + ", ".join(f"{k}={v}" for k, v in features.items())
             + f", threads={torch.get_num_threads()}"
         )  # fmt: skip
+        runtime, why = _C.thread_runtime()
+        print(f"cpu threads: {runtime} ({why})")
     except ImportError as exc:
         print(f"cpu: {cpu_model()} (C++ extension not importable: {exc})")
     if ss.EXTENSION_NOTE:

@@ -147,8 +147,10 @@ def environment(device: torch.device) -> dict[str, str]:
         from . import _C
 
         isa = str(_C.cpu_features().get("isa", ""))
+        thread_runtime = str(_C.thread_runtime()[0])
     except ImportError:
         isa = "none (no C++ extension)"
+        thread_runtime = ""
     gpu = torch.cuda.get_device_name(device if device.type == "cuda" else None) if torch.cuda.is_available() else ""
     return {
         "package_version": __version__,
@@ -157,6 +159,7 @@ def environment(device: torch.device) -> dict[str, str]:
         "cpu_model": cpu_model(),
         "isa": isa,
         "threads": str(torch.get_num_threads()),
+        "cpu_thread_runtime": thread_runtime,
         "gpu": gpu,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -199,6 +202,24 @@ def run_softmax_bench(
                     p20, ms, p80 = _timer(lambda x=x, d=dtype_arg: softmax(x, -1, dtype=d), device, min_run_time)
                 results.append(Result(str(device.type), "softmax", f"{rows}x{cols}", label, impl_label(name),
                                       ms, bytes_moved / ms / 1e6, base_ms / ms, copy_ms, p20, p80))  # fmt: skip
+        if rows == 1 and device.type == "cpu":
+            results += _interleaved_bench(x, device, min_run_time)
+    return results
+
+
+def _interleaved_bench(x: torch.Tensor, device: torch.device, min_run_time: float) -> list[Result]:
+    """Softmax of one decoding row, each call followed by a torch op (``x.float()``), as in a patched model: the
+    pair's time shows whether our threads and torch's compete for the cores after a call."""
+    shape, label = f"{x.shape[0]}x{x.shape[1]}", "float16->float16, then x.float()"
+    bytes_moved = x.numel() * 2 * x.element_size()
+    b20, base_ms, b80 = _timer(lambda: (torch.softmax(x, -1), x.float()), device, min_run_time)
+    results = [Result(str(device.type), "softmax", shape, label, "torch.softmax", base_ms, bytes_moved / base_ms / 1e6,
+                      1.0, float("nan"), b20, b80)]  # fmt: skip
+    for name in _backends_for(device):
+        with use_backend(name):
+            p20, ms, p80 = _timer(lambda: (softmax(x, -1), x.float()), device, min_run_time)
+        results.append(Result(str(device.type), "softmax", shape, label, impl_label(name), ms, bytes_moved / ms / 1e6,
+                              base_ms / ms, float("nan"), p20, p80))  # fmt: skip
     return results
 
 
@@ -269,12 +290,13 @@ def format_table(results: list[Result]) -> str:
 
 
 # The columns that say which measurement a CSV row is: measuring it again replaces the row.
-KEY_COLUMNS = ("op", "shape", "dtypes", "impl", "device", "cpu_model", "gpu", "isa", "threads", "torch_version",
-               "package_version", "git_commit")  # fmt: skip
+KEY_COLUMNS = ("op", "shape", "dtypes", "impl", "device", "cpu_model", "gpu", "isa", "threads", "cpu_thread_runtime",
+               "torch_version", "package_version", "git_commit")  # fmt: skip
 
 
 def _columns() -> list[str]:
-    env = ["package_version", "git_commit", "torch_version", "cpu_model", "isa", "threads", "gpu", "timestamp"]
+    env = ["package_version", "git_commit", "torch_version", "cpu_model", "isa", "threads", "cpu_thread_runtime", "gpu",
+           "timestamp"]  # fmt: skip
     return [f.name for f in fields(Result)] + env
 
 

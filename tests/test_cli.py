@@ -382,8 +382,8 @@ def test_bench_out_writes_merged_csv_with_the_environment(tmp_path: Path, capsys
     with open(out / "softmax.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2
-    for column in ("package_version", "git_commit", "torch_version", "cpu_model", "isa", "threads", "gpu",
-                   "timestamp", "ms_p20", "ms", "ms_p80"):  # fmt: skip
+    for column in ("package_version", "git_commit", "torch_version", "cpu_model", "isa", "threads",
+                   "cpu_thread_runtime", "gpu", "timestamp", "ms_p20", "ms", "ms_p80"):  # fmt: skip
         assert column in rows[0]
     assert rows[0]["torch_version"] == torch.__version__ and rows[0]["threads"] == str(torch.get_num_threads())
     assert rows[1]["impl"] == "stablesoftmax[cpp]" and float(rows[1]["ms_p20"]) <= float(rows[1]["ms"])

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
 RESULT_COLUMNS = ["device", "op", "shape", "dtypes", "impl", "ms", "gbps", "speedup_vs_torch", "ms_copy", "ms_p20",
-                  "ms_p80", "package_version", "git_commit", "torch_version", "cpu_model", "isa", "threads", "gpu",
-                  "timestamp"]  # fmt: skip
+                  "ms_p80", "package_version", "git_commit", "torch_version", "cpu_model", "isa", "threads",
+                  "cpu_thread_runtime", "gpu", "timestamp"]  # fmt: skip
 
 
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:

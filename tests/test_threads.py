@@ -1,9 +1,11 @@
-"""The C++ backend's threads and memory: the pool follows the thread count, concurrent callers get
+"""The C++ backend's threads and memory: the work runs on torch's own OpenMP threads (its own pool in a forked
+child, or when asked), both runtimes give the same bits, the pool follows the thread count, concurrent callers get
 the serial results, per-thread scratch stays bounded, and staged and recomputed exponentials agree.
 Bitwise invariance to batch size, position, thread count and split: tests/test_invariance.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -30,7 +32,152 @@ def cpp():
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def thread_runtime(name: str):
+    """Run the block on the extension's thread runtime ``name`` ("openmp" or "pool"); restores "auto"."""
+    from stablesoftmax import _C
+
+    try:
+        _C.set_thread_runtime(name)
+    except ValueError as exc:  # torch without an OpenMP runtime (not so on CI's Linux wheels)
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    try:
+        yield
+    finally:
+        _C.set_thread_runtime("auto")
+
+
+RUNTIMES = ["openmp", "pool"]
+
+
+def _runtime_env(**extra: str) -> dict[str, str]:
+    drop = ("STABLESOFTMAX_BACKEND", "STABLESOFTMAX_POOL_SPIN_US", "STABLESOFTMAX_CPU_THREADS")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
+def _run(code: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, timeout=timeout,
+                          capture_output=True, text=True)  # fmt: skip
+
+
+_CENSUS_CHILD = """
+    import os, sys, torch, stablesoftmax as ss
+    from stablesoftmax import _C
+    torch.set_num_threads(4)
+    a = torch.randn(512, 512)
+    x = torch.randn(1, 152_064).half()
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+    (a @ a).exp()  # torch's OpenMP team now exists
+    before = threads()
+    with ss.use_backend("cpp"):
+        for _ in range(3):
+            ss.softmax(x, -1); ss.log_softmax(a, 0); ss.sample_from_logits(x, 2, top_k=40, top_p=0.9, seed=1)
+            (a @ a).exp()
+    print(_C.thread_runtime()[0], threads() - before, _C.pool_workers())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.parametrize(("asked", "runtime", "new_threads"), [(None, "openmp", 0), ("pool", "pool", 3)])
+def test_work_runs_on_torchs_openmp_threads(asked, runtime, new_threads):
+    """By default the kernels run on the OpenMP team torch's own ops use: no thread of ours exists, so none
+    competes with torch's for the cores. The pool (asked for here) adds its threads-1 workers, which shows the
+    census counts them."""
+    require_backend("cpp")
+    env = _runtime_env(**({"STABLESOFTMAX_CPU_THREADS": asked} if asked else {}))
+    proc = _run(_CENSUS_CHILD, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got_runtime, grown, workers = proc.stdout.split()
+    assert (got_runtime, int(grown), int(workers)) == (runtime, new_threads, new_threads)
+
+
+@pytest.mark.parametrize(("value", "runtime"), [("openmp", "openmp"), ("auto", "openmp"), ("bogus", "openmp")])
+def test_thread_runtime_follows_the_environment(value, runtime):
+    """STABLESOFTMAX_CPU_THREADS=auto|openmp|pool (an unknown value is auto); "pool": see the census test."""
+    require_backend("cpp")
+    proc = _run("import torch; from stablesoftmax import _C; print(*_C.thread_runtime(), sep='|')",
+                _runtime_env(STABLESOFTMAX_CPU_THREADS=value))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, why = proc.stdout.strip().split("|")
+    assert name == runtime and "GOMP_parallel" in why, why
+
+
+def test_unknown_thread_runtime_is_refused(cpp):
+    with pytest.raises(ValueError, match="'auto', 'openmp' or 'pool'"):
+        cpp.set_thread_runtime("tbb")
+    assert cpp.thread_runtime()[0] in RUNTIMES
+
+
+_FORK_CHILD = """
+    import os, torch, stablesoftmax as ss
+    from stablesoftmax import _C
+    torch.set_num_threads(2)
+    x = torch.randn(3, 152_064).half()
+    with ss.use_backend("cpp"):
+        want = [ss.softmax(x[:1], -1), ss.log_softmax(x, -1), ss.sample_from_logits(x, 3, top_p=0.9, seed=2)]
+        assert _C.thread_runtime()[0] == "openmp"
+        pid = os.fork()
+        if pid == 0:
+            got = [ss.softmax(x[:1], -1), ss.log_softmax(x, -1), ss.sample_from_logits(x, 3, top_p=0.9, seed=2)]
+            name, why = _C.thread_runtime()
+            # bytes compared without torch ops: a parallel torch op hangs in this child (torch's own OpenMP)
+            same = all(a.numpy().tobytes() == b.numpy().tobytes() for a, b in zip(got, want))
+            ok = name == "pool" and "fork" in why and same
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status), _C.thread_runtime()[0])
+"""
+
+
+def test_forked_child_leaves_openmp_for_the_pool():
+    """After fork() torch's OpenMP team does not exist in the child (its own parallel ops hang there): the child's
+    calls run on a fresh pool of ours, split across threads, with the parent's bits; the parent keeps OpenMP."""
+    require_backend("cpp")
+    try:
+        proc = _run(_FORK_CHILD, _runtime_env(), timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the forked child hung") from exc
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["child", "0", "openmp"], proc.stdout + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_runtimes_give_the_same_bits(cpp, threads):
+    """Softmax, log_softmax along both dims, backward and every sampling path: OpenMP and the pool agree bitwise."""
+    gen = torch.Generator().manual_seed(21)
+    x = (torch.randn(3, 100_003, generator=gen) * 5).half()
+    cols = torch.randn(4000, 40, generator=gen)
+    grad = torch.randn(3, 100_003, generator=gen)
+    torch.set_num_threads(threads)
+
+    def run() -> list[torch.Tensor]:
+        leaf = x.float().requires_grad_()
+        y = ss.softmax(leaf, -1)
+        (dx,) = torch.autograd.grad(y, leaf, grad)
+        probs = torch.softmax(x.float(), -1)
+        return [y.detach(), dx, ss.log_softmax(x, -1), ss.log_softmax(cols, 0),
+                ss.softmax(cols, 0, dtype=torch.float16),
+                ss.sample_from_logits(x, 5, temperature=0.8, seed=3),
+                ss.sample_from_logits(x, 2, top_k=40, top_p=0.95, seed=4),
+                ss.multinomial(probs, 4, generator=torch.Generator().manual_seed(5))]  # fmt: skip
+
+    results = {}
+    for name in RUNTIMES:
+        with thread_runtime(name):
+            results[name] = run()
+    for a, b in zip(results["openmp"], results["pool"]):
+        assert torch.equal(a, b)
+
+
 def test_pool_follows_the_thread_count(cpp):
+    with thread_runtime("pool"):
+        _pool_follows_the_thread_count(cpp)
+
+
+def _pool_follows_the_thread_count(cpp):
     x = torch.randn(64, 65_536)
     torch.set_num_threads(64)
     ss.softmax(x, -1)
@@ -75,7 +222,13 @@ def test_pool_spin_follows_the_environment(value, spin):
     assert int(proc.stdout.split()[-1]) == spin
 
 
-def test_concurrent_callers_get_the_serial_results(cpp):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_concurrent_callers_get_the_serial_results(cpp, runtime):
+    with thread_runtime(runtime):
+        _concurrent_callers_get_the_serial_results()
+
+
+def _concurrent_callers_get_the_serial_results():
     gen = torch.Generator().manual_seed(5)
     inputs = [torch.randn(r, c, generator=gen).half() for r, c in [(1, 152_064), (4, 70_000), (64, 3000), (300, 77)]]
     torch.set_num_threads(2)
