@@ -82,7 +82,8 @@ template <class In, class Out, class Acc> void write_log_k(const void* x, std::i
 }
 
 template <class In, class Out, class Acc> const ForwardKernels* forward_table() {
-  static const ForwardKernels k = {&stats_k<In, Acc>, &write_exp_k<In, Out, Acc>, &write_log_k<In, Out, Acc>, nullptr};
+  static const ForwardKernels k = {&stats_k<In, Acc>, &write_exp_k<In, Out, Acc>, &write_log_k<In, Out, Acc>, nullptr,
+                                   nullptr};
   return &k;
 }
 
@@ -350,7 +351,7 @@ struct RowNorm {
   double log_s = 0;     // log_softmax: log S = log C + log1p(D / C)
 };
 
-RowNorm combine(const BlockStat* st, std::int64_t nb, bool log) {
+RowNorm combine(const BlockStat* st, std::int64_t nb, bool log, bool narrow) {
   RowNorm r;
   double pinf = 0;
   for (std::int64_t j = 0; j < nb; ++j) {
@@ -376,7 +377,7 @@ RowNorm combine(const BlockStat* st, std::int64_t nb, bool log) {
   }
   if (log) {
     r.s = c + d;
-    r.log_s = (c == 1 ? 0.0 : std::log(c)) + std::log1p(d / c);  // (log 1 = 0 exactly: one libm call saved per row)
+    r.log_s = log_normaliser(c, d, narrow);
   } else {
     r.s = d;
   }
@@ -393,7 +394,7 @@ struct Forward {
   // Output of blocks [j0, j1) of a row whose statistics are st[0, nb); x, out, stage at block j0.
   void finish(const void* x, std::int64_t n, const BlockStat* st, std::int64_t nb, std::int64_t j0,
               const float* stage, void* out, double* factors) const {
-    const RowNorm rn = combine(st, nb, a.log);
+    const RowNorm rn = combine(st, nb, a.log, narrow);
     if (rn.kind == RowNorm::kNan) {
       write_select(nullptr, a.in_dtype, n, kNaN, kNaN, out, a.out_dtype);
     } else if (rn.kind == RowNorm::kPosInf) {  // the row's limit: mass split evenly over its +inf entries
@@ -478,6 +479,20 @@ struct Forward {
       }
     };
     const std::int64_t chunks = d.rows_direct() ? split_chunks(rows, n, t) : 1;
+    if (chunks <= 1 && d.rows_direct() && k->short_rows != nullptr && n <= kBlock && d.nd <= 1) {
+      const std::int64_t xs = d.nd ? d.stride[0][0] : 0, os = d.nd ? d.stride[1][0] : 0;
+      const std::int64_t ntasks = std::min<std::int64_t>(rows, std::int64_t(t) * 4);
+      parallel_for(t, ntasks, [&](std::int64_t task) {
+        const std::int64_t end = rows * (task + 1) / ntasks;
+        for (std::int64_t r = rows * task / ntasks; r < end; ++r) {
+          auto x_at = [&](std::int64_t i) { return in + std::size_t(i * xs) * in_bytes; };
+          auto o_at = [&](std::int64_t i) { return out + std::size_t(i * os) * out_bytes; };
+          r += k->short_rows(x_at(r), xs, end - r, n, o_at(r), os, a.log);
+          if (r < end) row(x_at(r), 1, o_at(r), 1, n);  // a row with NaN, +inf or only -inf
+        }
+      });
+      return;
+    }
     if (chunks <= 1) {
       for_rows(rows, t, [&](std::int64_t r) {
         std::int64_t off[2];

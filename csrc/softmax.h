@@ -4,11 +4,12 @@
 //   m   = max_i x_i (a NaN anywhere makes the whole row NaN)
 //   s_i = x_i - (isfinite(m) ? m : 0), except when m == +inf: s_i = (x_i == +inf) ? 0 : -inf
 //   S   = sum_i exp(s_i), with S := 1 when S == 0 (a row of only -inf)
-//   softmax_i = exp(s_i) / S,   log_softmax_i = s_i - log S,  log S = log C + log1p(D / C)
+//   softmax_i = exp(s_i) / S,   log_softmax_i = s_i - log S,  log S = log_normaliser(C, D)
 // where C counts the entries at the max and D sums the others' exp(s_i): log of a rounded S near 1
-// would lose log_softmax's relative accuracy near 0. Accumulation is float32 (float64 when any
-// operand is float64); a row's sums are per-block partial sums (kBlock elements) combined in
-// double in block order, so they do not drift over 10^6 terms and do not depend on threading.
+// would lose log_softmax's relative accuracy near 0 (log C + log1p(D / C) there). Accumulation is
+// float32 (float64 when any operand is float64); a row's sums are per-block partial sums (kBlock
+// elements) combined in double in block order, so they do not drift over 10^6 terms and do not
+// depend on threading.
 #pragma once
 
 #include <cmath>
@@ -163,6 +164,17 @@ constexpr std::int64_t kBlock = 512;
 // when S is within rounding of 1. An all -inf block has m = -inf, c = d = 0.
 struct BlockStat { double m, c, d; };
 
+// log S for a row's C >= 1 entries at its max and sum D of the others' exponentials: log C + log1p(D / C), which
+// keeps the relative accuracy of a log S within rounding of 1 (log 1 = 0 exactly: no call for C = 1). For float32
+// accumulation (`narrow`: every output float16 / bfloat16 / float32) where D / C >= 2^-20, log(C + D) in double
+// instead: within ~1e-10 relative (C + D rounds by 2^-53, S >= 1 + 2^-20), far inside float32, for one libm log
+// against a log and a much slower log1p. Every path of one accumulation (short rows, whole rows, split rows,
+// columns) takes the same branch, so they agree bitwise.
+inline double log_normaliser(double c, double d, bool narrow) {
+  if (narrow && d >= c * 0x1p-20) return std::log(c + d);
+  return (c == 1 ? 0.0 : std::log(c)) + std::log1p(d / c);
+}
+
 struct ForwardKernels {
   // Statistics of each block of x[0, n) (n a multiple of kBlock except at the row's end). When
   // `stage` is non-null (softmax only) it also receives E(x_i - shift_j), shift_j = m_j for a
@@ -176,6 +188,11 @@ struct ForwardKernels {
   // tile, element (i, j) at x + i * xs + j (xs, os in elements), vectorised across columns.
   // Returns false, writing nothing, when a column holds NaN or +inf or only -inf.
   bool (*columns)(const void* x, std::int64_t xs, std::int64_t n, std::int64_t w, void* out, std::int64_t os, bool log);
+  // Optional (null: row by row): the op along `rows` unit-stride rows of n <= kBlock elements, row r at x + r * xs
+  // and out + r * os (elements), bitwise as the general path. Stops at the first row whose max is not finite,
+  // writing nothing for it, and returns its index (rows when every row is done).
+  std::int64_t (*short_rows)(const void* x, std::int64_t xs, std::int64_t rows, std::int64_t n, void* out,
+                             std::int64_t os, bool log);
 };
 
 struct BackwardKernels {

@@ -89,6 +89,30 @@ template <class In> double max_k(const In* x, std::int64_t n) {
   return double(reduce_max(vmax(vmax(acc[0], acc[1]), vmax(acc[2], acc[3]))));
 }
 
+// log_softmax statistics of a block with a finite max bm: entries equal to the max counted apart from the sum of
+// the exponentials of the others.
+template <class In, class Out> BlockStat log_stats(const In* xb, std::int64_t len, double bm) {
+  const VF vc = vset(float(bm)), one = vset(1.0f);
+  VF c0 = vzero(), c1 = c0, d0 = c0, d1 = c0;
+  std::int64_t i = 0;
+  for (; i + 2 * L <= len; i += 2 * L) {
+    const VF a = load(xb + i), b = load(xb + i + L);
+    const VM ea = eq(a, vc), eb = eq(b, vc);
+    c0 = add(c0, keep(ea, one));
+    c1 = add(c1, keep(eb, one));
+    d0 = add(d0, select(ea, vzero(), exp_for<Out>(sub(a, vc))));
+    d1 = add(d1, select(eb, vzero(), exp_for<Out>(sub(b, vc))));
+  }
+  for (; i < len; i += L) {
+    const int m = int(std::min<std::int64_t>(L, len - i));
+    const VF a = m == L ? load(xb + i) : load_tail(xb + i, m, -INFINITY);
+    const VM ea = eq(a, vc);
+    c0 = add(c0, keep(ea, one));
+    d0 = add(d0, select(ea, vzero(), exp_for<Out>(sub(a, vc))));
+  }
+  return {bm, reduce_sum(add(c0, c1)), reduce_sum(add(d0, d1))};
+}
+
 // Block statistics (softmax.h: BlockStat). Each block is read from memory once for its max and again
 // from L1 for its exponentials, E = exp_for<Out> both here and in write_exp_k.
 template <class In, class Out> void stats_k(const void* xv, std::int64_t n, float* stage, BlockStat* st, bool log) {
@@ -116,26 +140,7 @@ template <class In, class Out> void stats_k(const void* xv, std::int64_t n, floa
       st[j] = {bm, 0, stage ? reduce_blocks<true>(len, stage + b0, e, xb) : reduce_blocks<false>(len, nullptr, e, xb)};
       continue;
     }
-    // log_softmax: entries equal to the max counted apart from the sum of the others.
-    const VF one = vset(1.0f);
-    VF c0 = vzero(), c1 = c0, d0 = c0, d1 = c0;
-    std::int64_t i = 0;
-    for (; i + 2 * L <= len; i += 2 * L) {
-      const VF a = load(xb + i), b = load(xb + i + L);
-      const VM ea = eq(a, vc), eb = eq(b, vc);
-      c0 = add(c0, keep(ea, one));
-      c1 = add(c1, keep(eb, one));
-      d0 = add(d0, select(ea, vzero(), exp_for<Out>(sub(a, vc))));
-      d1 = add(d1, select(eb, vzero(), exp_for<Out>(sub(b, vc))));
-    }
-    for (; i < len; i += L) {
-      const int m = int(std::min<std::int64_t>(L, len - i));
-      const VF a = m == L ? load(xb + i) : load_tail(xb + i, m, -INFINITY);
-      const VM ea = eq(a, vc);
-      c0 = add(c0, keep(ea, one));
-      d0 = add(d0, select(ea, vzero(), exp_for<Out>(sub(a, vc))));
-    }
-    st[j] = {bm, reduce_sum(add(c0, c1)), reduce_sum(add(d0, d1))};
+    st[j] = log_stats<In, Out>(xb, len, bm);
   }
 }
 
@@ -231,7 +236,7 @@ bool columns_k(const void* xv, std::int64_t xs, std::int64_t n, std::int64_t w64
     }
   }
   alignas(64) float kf[L * kTileVecs];
-  for (int l = 0; l < L * nv; ++l) kf[l] = log ? float(std::log(sc[l]) + std::log1p(sd[l] / sc[l])) : float(1.0 / sd[l]);
+  for (int l = 0; l < L * nv; ++l) kf[l] = log ? float(log_normaliser(sc[l], sd[l], true)) : float(1.0 / sd[l]);
   for (std::int64_t i = 0; i < n; ++i) {
     const In* xr = x + i * xs;
     Out* orow = out + i * os;
@@ -244,8 +249,42 @@ bool columns_k(const void* xv, std::int64_t xs, std::int64_t n, std::int64_t w64
   return true;
 }
 
+// Rows of one block (n <= kBlock) at x + r * xs, out + r * os: stats_k, the row's combination and the write
+// in one pass per row, with none of the per-row bookkeeping of the general path (scratch, block tables, kernel
+// calls through pointers), which costs more than the arithmetic of a 64-element row. The same operations in the
+// same order as that path, so the same bits. Stops at the first row whose max is not finite (NaN, +inf, only
+// -inf), writing nothing for it, and returns its index (rows when all are done).
+template <class In, class Out>
+std::int64_t short_rows_k(const void* xv, std::int64_t xs, std::int64_t rows, std::int64_t n, void* ov, std::int64_t os,
+                          bool log) {
+  const LeaveIsa leave;
+  const In* x = static_cast<const In*>(xv);
+  Out* out = static_cast<Out*>(ov);
+  alignas(64) float stage[kBlock];
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const In* xr = x + r * xs;
+    Out* orow = out + r * os;
+    const double bm = max_k<In>(xr, n);
+    if (!(std::fabs(bm) < INFINITY)) return r;
+    const VF vc = vset(float(bm));
+    if (log) {
+      const BlockStat b = log_stats<In, Out>(xr, n, bm);
+      const double log_s = log_normaliser(b.c, b.d, true);
+      const VF vk = vset(float(log_s));
+      map_lanes(n, orow, [=](VF v) { return sub(sub(v, vc), vk); }, xr);
+      continue;
+    }
+    float* st = std::is_same<Out, float>::value ? reinterpret_cast<float*>(orow) : stage;  // as the general path
+    const double d = reduce_blocks<true>(n, st, [vc](VF v) { return exp_for<Out>(sub(v, vc)); }, xr);
+    const VF vk = vset(float(1.0 / d));
+    map_lanes(n, orow, [vk](VF v) { return mul(v, vk); }, static_cast<const float*>(st));
+  }
+  return rows;
+}
+
 template <class In, class Out> const ForwardKernels* forward_table() {
-  static const ForwardKernels k = {&stats_k<In, Out>, &write_exp_k<In, Out>, &write_log_k<In, Out>, &columns_k<In, Out>};
+  static const ForwardKernels k = {&stats_k<In, Out>, &write_exp_k<In, Out>, &write_log_k<In, Out>, &columns_k<In, Out>,
+                                   &short_rows_k<In, Out>};
   return &k;
 }
 

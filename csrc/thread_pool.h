@@ -14,10 +14,10 @@
 // The results never depend on the runtime or on how many threads it gives: the kernels' work is split into
 // tasks at fixed boundaries and combined in a fixed order.
 //
-// ThreadPool details: workers are created on demand and follow the thread count: ThreadPool::follow(torch.get_num_threads())
-// at an entry point retires (joins) workers beyond it, and workers that 16 jobs in a row have not needed are retired
-// too, so a pool grown under torch.set_num_threads(128) shrinks back instead of waking 127 threads
-// for every later job. Workers spin briefly after a job (so
+// ThreadPool details: workers are created on demand and follow the thread count:
+// ThreadPool::follow(torch.get_num_threads()) at an entry point retires (joins) workers beyond it, and workers that
+// 16 jobs in a row have not needed are retired too, so a pool grown under torch.set_num_threads(128) shrinks back
+// instead of waking 127 threads for every later job. Workers spin briefly after a job (so
 // back-to-back dispatches are cheap), then sleep on a condition variable. One job runs at a time:
 // a caller that finds the pool busy (another Python thread) runs its tasks inline instead of
 // waiting. After fork() the child sees a different pid and builds a fresh pool; the parent's pool
@@ -336,7 +336,8 @@ class OpenMpRuntime {
       library_ = dladdr(sym, &info) != 0 && info.dli_fname != nullptr ? info.dli_fname : lib;
       break;
     }
-    if (parallel_ != nullptr) pthread_atfork(nullptr, nullptr, [] { forked().store(true, std::memory_order_relaxed); });
+    if (parallel_ != nullptr)
+      pthread_atfork(nullptr, nullptr, [] { forked().store(true, std::memory_order_relaxed); });
 #else
     missing_ = "no dlopen on this platform";
 #endif
@@ -370,7 +371,8 @@ inline bool uses_openmp() {
 // The runtime in use and why, e.g. {"openmp", "GOMP_parallel of /.../libgomp.so.1"}.
 inline std::pair<std::string, std::string> thread_runtime() {
   const int choice = thread_runtime_choice().load(std::memory_order_relaxed);
-  if (choice == int(ThreadRuntime::kPool)) return {"pool", "asked for (STABLESOFTMAX_CPU_THREADS or set_thread_runtime)"};
+  if (choice == int(ThreadRuntime::kPool))
+    return {"pool", "asked for (STABLESOFTMAX_CPU_THREADS or set_thread_runtime)"};
   const OpenMpRuntime& omp = OpenMpRuntime::get();
   if (omp.usable()) return {"openmp", omp.describe()};
   return {"pool", omp.describe()};

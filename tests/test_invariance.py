@@ -287,3 +287,28 @@ def test_multinomial(isa, dtype, replacement):
                     differ = _differ(got[i], want[i])
                     assert differ == 0, f"row {i} of a batch of {batch} on {threads} threads: {differ} draws differ"
     assert sorted(want) == [0, 1, 3, 6, 32, 63]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("out_dtype", [None, torch.float32], ids=["same", "to_f32"])
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("cols", [1, 17, 64, 200, 512])
+def test_short_rows_take_the_general_paths_bits(isa, dtype, out_dtype, log, cols):
+    """Rows of at most one block (512) of a contiguous batch run through the short-row kernel; the same rows
+    through a view the kernels cannot collapse to one batch dimension (half the rows of each matrix) run
+    row by row on the general path. Bitwise the same, rows with NaN, +inf, only -inf and -inf entries included
+    (the short-row kernel hands those rows back one by one)."""
+    full = _pool(2, 66 * cols, torch.float32, seed=cols).view(2, 66, cols)
+    full[0, 5, cols // 2] = float("nan")
+    full[0, 9, 0] = float("inf")
+    full[1, 3, :] = float("-inf")
+    full[1, 7, : cols // 2] = float("-inf")
+    full = full.to(dtype)
+    view = full[:, :33]  # (2, 33, cols), batch strides (66 cols, cols): not one dimension
+    dense = view.contiguous()
+    op = ss.log_softmax if log else ss.softmax
+    for threads in (1, 2):
+        with num_threads(threads):
+            got, want = op(dense, -1, dtype=out_dtype), op(view, -1, dtype=out_dtype)
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want)), (isa, threads)

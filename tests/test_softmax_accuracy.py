@@ -50,6 +50,21 @@ def test_float16_row_of_16(path, out_dtype, gen):
         assert _rel_err_at(out[:, 3], ref[:, 3]) < (2**-7 if out_dtype == torch.bfloat16 else 1e-5)
 
 
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_log_softmax_at_the_max_on_both_sides_of_the_log1p_threshold(path, out_dtype):
+    """log S = log(C + D) where D / C >= 2^-20, log C + log1p(D / C) below (csrc/softmax.h): the entry at the
+    max, -log S ~ -D, keeps its relative accuracy on both sides and far below."""
+    tails = torch.tensor([2.0**-19, 1.01 * 2.0**-20, 0.99 * 2.0**-20, 2.0**-21, 2.0**-40, 2.0**-90]).double()
+    x = torch.zeros(len(tails), 3, dtype=torch.float64)
+    x[:, 1] = torch.log(tails / 2)
+    x[:, 2] = torch.log(tails / 2)
+    x = x.float().to(DEVICE)
+    out = ss.log_softmax(x, -1, dtype=out_dtype)
+    ref = reference(x, -1, True)
+    assert_close_to_reference(out, ref, True)
+    assert _rel_err_at(out[:, 0], ref[:, 0]) < (2**-8 if out_dtype == torch.bfloat16 else 1e-6)
+
+
 @pytest.mark.parametrize("in_dtype", [torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("cols", [16, 3000, 70_000], ids=str)
 def test_float64_output_near_zero(path, in_dtype, cols, gen):
