@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import import_or_skip_off_ci
 
 import stablesoftmax as ss
 from stablesoftmax import _diagnose
@@ -261,7 +262,7 @@ def test_diagnose_pt_dict(tmp_path: Path, capsys, gen, bad_logits) -> None:
 
 
 def test_diagnose_npy(tmp_path: Path, capsys, gen, bad_logits) -> None:
-    np = pytest.importorskip("numpy")
+    np = import_or_skip_off_ci("numpy", "a test extra")
     path = tmp_path / "logits.npy"
     np.save(path, bad_logits.float().numpy())
     status, out, _ = run(capsys, str(path))
@@ -271,7 +272,7 @@ def test_diagnose_npy(tmp_path: Path, capsys, gen, bad_logits) -> None:
 
 
 def test_diagnose_safetensors(tmp_path: Path, capsys, gen, bad_logits) -> None:
-    st = pytest.importorskip("safetensors.torch")
+    st = import_or_skip_off_ci("safetensors.torch", "a test extra")
     path = tmp_path / "model.safetensors"
     st.save_file({"lm_head.out": bad_logits, "ok": torch.randn(2, 8, generator=gen)}, str(path))
     status, out, _ = run(capsys, str(path))
@@ -315,7 +316,7 @@ def test_entry_point_subprocess(tmp_path: Path, gen, bad_logits) -> None:
 
 
 def test_diagnose_npy_errors_say_what_is_wrong(tmp_path: Path, capsys, monkeypatch) -> None:
-    np = pytest.importorskip("numpy")
+    np = import_or_skip_off_ci("numpy", "a test extra")
     garbage = tmp_path / "garbage.npy"
     garbage.write_bytes(b"\x00not an array at all" * 10)
     status, out, err = run(capsys, str(garbage))
@@ -413,7 +414,7 @@ def test_bench_labels_and_missing_backend_note(capsys, monkeypatch) -> None:
 
 
 def test_plot_has_stable_colours_and_says_higher_is_better(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import_or_skip_off_ci("matplotlib", "a test extra")
     from stablesoftmax import _bench
 
     _bench.plot(_fake_results(1.0), "t", tmp_path / "a.png")
