@@ -308,6 +308,9 @@ PYBIND11_MODULE(_C, m) {
         "softmax y*(g - sum(g*y)); log_softmax g - exp(y)*sum(g).");
   m.def("pool_workers", &ssm::pool_workers, "Worker threads the extension's thread pool holds now (for tests).");
   m.def("pool_spin_us", &ssm::pool_spin_us, "Microseconds an idle worker spins before it sleeps (STABLESOFTMAX_POOL_SPIN_US).");
+  ssm::OpenMpRuntime::get();  // finds torch's OpenMP runtime and registers its fork handler now, before any fork
+  m.def("mark_forked_child", &ssm::OpenMpRuntime::mark_forked_child,
+        "Tell the extension it runs in a forked child (OpenMP unusable there); see stablesoftmax/_extension.py.");
   m.def("thread_runtime", &ssm::thread_runtime, "('openmp' or 'pool', why): the threads parallel work runs on now.");
   m.def("set_thread_runtime", &set_thread_runtime, py::arg("name"),
         "'auto' (STABLESOFTMAX_CPU_THREADS, else torch's OpenMP where usable), 'openmp' or 'pool'.");

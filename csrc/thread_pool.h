@@ -271,6 +271,10 @@ class OpenMpRuntime {
     static OpenMpRuntime r;
     return r;
   }
+  // Marks this process as a forked child (OpenMP unusable): the pthread_atfork handler registered when this object
+  // is built (at the extension's import) does it for children of a process that had imported the extension; the
+  // package's os.register_at_fork hook calls it for a child whose parent had not.
+  static void mark_forked_child() { forked().store(true, std::memory_order_relaxed); }
   // Found in this process and not invalidated by a fork since.
   bool usable() const { return parallel_ != nullptr && !forked().load(std::memory_order_relaxed); }
   // Where it came from, or why it cannot be used.
@@ -337,7 +341,7 @@ class OpenMpRuntime {
       break;
     }
     if (parallel_ != nullptr)
-      pthread_atfork(nullptr, nullptr, [] { forked().store(true, std::memory_order_relaxed); });
+      pthread_atfork(nullptr, nullptr, [] { mark_forked_child(); });
 #else
     missing_ = "no dlopen on this platform";
 #endif

@@ -19,6 +19,7 @@ if "torch" not in _sys.modules:  # first import of torch: without NumPy, torch w
 from . import _extension
 
 EXTENSION_NOTE = _extension.use_installed_extension(__path__)
+_extension.register_fork_hook()
 
 from ._diagnose import Diagnosis, diagnose  # noqa: E402
 from ._dispatch import BackendStatus, available_backends, backend_for, use_backend  # noqa: E402

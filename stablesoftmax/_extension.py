@@ -88,3 +88,23 @@ def use_installed_extension(
         f"installed copy {directory} (version {version}, ours {ours}), so the C++ backend is off. Run from another "
         "directory (cd /tmp && python -m stablesoftmax ...), or build in place: pip install -e ."
     )
+
+
+def _leave_openmp_in_forked_child() -> None:
+    """``os.register_at_fork`` child hook. torch's OpenMP runtime is unusable in a child forked after the parent ran
+    OpenMP teams (libgomp hangs there), so the extension must run its threads on its own pool in the child. Its own
+    ``pthread_atfork`` handler covers children of a process that had imported it; for a child whose parent had not
+    (it used torch, then forked, before any stablesoftmax call), the extension is imported now and told."""
+    if f"{__package__}._C" in sys.modules:
+        return
+    try:
+        from . import _C
+    except ImportError:
+        return
+    _C.mark_forked_child()
+
+
+def register_fork_hook() -> None:
+    """Install :func:`_leave_openmp_in_forked_child` (once, at the package's import; not on Windows)."""
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_leave_openmp_in_forked_child)

@@ -144,6 +144,45 @@ def test_forked_child_leaves_openmp_for_the_pool():
     assert proc.stdout.split() == ["child", "0", "openmp"], proc.stdout + proc.stderr[-2000:]
 
 
+_FORK_BEFORE_ANY_CALL_CHILD = """
+    import os, sys, torch, stablesoftmax as ss
+    torch.set_num_threads(2)
+    x = torch.randn(1, 152_064)
+    x.exp()  # torch's OpenMP team now exists in the parent
+    if sys.argv[1] == "small":
+        ss.softmax(torch.randn(2, 8), -1)  # the extension imported, no parallel call yet
+    assert ("stablesoftmax._C" in sys.modules) == (sys.argv[1] == "small")
+    want = x.numpy().copy()  # the answer, computed in the child without torch ops: float64 numpy
+    pid = os.fork()
+    if pid == 0:
+        with ss.use_backend("cpp"):
+            got = ss.softmax(x, -1)  # split across both threads
+        from stablesoftmax import _C
+        import numpy as np
+        e = np.exp(want.astype(np.float64) - want.max())
+        ok = _C.thread_runtime()[0] == "pool" and np.abs(got.numpy() - e / e.sum()).max() < 1e-9
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("parent", ["none", "small"])
+def test_child_forked_before_any_parallel_call_leaves_openmp(parent):
+    """The parent ran torch's OpenMP team, then forked before any parallel stablesoftmax call: without importing
+    the extension at all ("none": the package's os.register_at_fork hook tells it in the child) or after a call too
+    small to use threads ("small": the extension's own fork handler, registered at its import). The child must not
+    enter OpenMP."""
+    require_backend("cpp")
+    try:
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FORK_BEFORE_ANY_CALL_CHILD), parent],
+                              env=_runtime_env(), timeout=120, capture_output=True, text=True)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the forked child hung") from exc
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["child", "0"], proc.stdout + proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("threads", [2, 4])
 def test_runtimes_give_the_same_bits(cpp, threads):
     """Softmax, log_softmax along both dims, backward and every sampling path: OpenMP and the pool agree bitwise."""
