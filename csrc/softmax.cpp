@@ -348,7 +348,7 @@ struct RowNorm {
   enum Kind { kFinite, kNan, kPosInf } kind = kFinite;
   double m = -kInf;     // row max
   double s = 1;         // softmax: sum exp(x - m) (1 for a row of only -inf); +inf rows: their count
-  double log_s = 0;     // log_softmax: log S = log C + log1p(D / C)
+  double log_s = 0;     // log_softmax: log S (log_normaliser)
 };
 
 RowNorm combine(const BlockStat* st, std::int64_t nb, bool log, bool narrow) {
@@ -482,11 +482,11 @@ struct Forward {
     if (chunks <= 1 && d.rows_direct() && k->short_rows != nullptr && n <= kBlock && d.nd <= 1) {
       const std::int64_t xs = d.nd ? d.stride[0][0] : 0, os = d.nd ? d.stride[1][0] : 0;
       const std::int64_t ntasks = std::min<std::int64_t>(rows, std::int64_t(t) * 4);
+      auto x_at = [&](std::int64_t r) { return in + std::size_t(r * xs) * in_bytes; };
+      auto o_at = [&](std::int64_t r) { return out + std::size_t(r * os) * out_bytes; };
       parallel_for(t, ntasks, [&](std::int64_t task) {
         const std::int64_t end = rows * (task + 1) / ntasks;
         for (std::int64_t r = rows * task / ntasks; r < end; ++r) {
-          auto x_at = [&](std::int64_t i) { return in + std::size_t(i * xs) * in_bytes; };
-          auto o_at = [&](std::int64_t i) { return out + std::size_t(i * os) * out_bytes; };
           r += k->short_rows(x_at(r), xs, end - r, n, o_at(r), os, a.log);
           if (r < end) row(x_at(r), 1, o_at(r), 1, n);  // a row with NaN, +inf or only -inf
         }

@@ -352,46 +352,34 @@ class OpenMpRuntime {
   const char* missing_ = "libtorch_cpu is not loaded";
 };
 
-// Which runtime parallel_for uses: STABLESOFTMAX_CPU_THREADS=auto|openmp|pool (read once; an unknown value is
-// auto), changed at run time by set_thread_runtime().
-enum class ThreadRuntime { kAuto, kOpenMp, kPool };
-
-inline std::atomic<int>& thread_runtime_choice() {
-  static std::atomic<int> choice{[] {
+// Whether the pool was asked for: STABLESOFTMAX_CPU_THREADS=pool (read once; auto, openmp or anything else: no),
+// changed at run time by set_thread_runtime(). Otherwise parallel_for takes torch's OpenMP runtime where usable.
+inline std::atomic<bool>& pool_asked_for() {
+  static std::atomic<bool> asked{[] {
     const char* v = std::getenv("STABLESOFTMAX_CPU_THREADS");
-    if (v != nullptr && std::strcmp(v, "pool") == 0) return int(ThreadRuntime::kPool);
-    if (v != nullptr && std::strcmp(v, "openmp") == 0) return int(ThreadRuntime::kOpenMp);
-    return int(ThreadRuntime::kAuto);
+    return v != nullptr && std::strcmp(v, "pool") == 0;
   }()};
-  return choice;
+  return asked;
 }
 
-// True when parallel_for runs on torch's OpenMP threads now (openmp asked for but unusable falls back to the pool).
-inline bool uses_openmp() {
-  return thread_runtime_choice().load(std::memory_order_relaxed) != int(ThreadRuntime::kPool) &&
-         OpenMpRuntime::get().usable();
-}
+// True when parallel_for runs on torch's OpenMP threads now.
+inline bool uses_openmp() { return !pool_asked_for().load(std::memory_order_relaxed) && OpenMpRuntime::get().usable(); }
 
 // The runtime in use and why, e.g. {"openmp", "GOMP_parallel of /.../libgomp.so.1"}.
 inline std::pair<std::string, std::string> thread_runtime() {
-  const int choice = thread_runtime_choice().load(std::memory_order_relaxed);
-  if (choice == int(ThreadRuntime::kPool))
+  if (pool_asked_for().load(std::memory_order_relaxed))
     return {"pool", "asked for (STABLESOFTMAX_CPU_THREADS or set_thread_runtime)"};
   const OpenMpRuntime& omp = OpenMpRuntime::get();
-  if (omp.usable()) return {"openmp", omp.describe()};
-  return {"pool", omp.describe()};
+  return {omp.usable() ? "openmp" : "pool", omp.describe()};
 }
 
-// "auto", "openmp" (std::invalid_argument when it cannot be used here) or "pool".
+// "auto" or "openmp" (the same, but std::invalid_argument when OpenMP cannot be used here) or "pool".
 inline void set_thread_runtime(const std::string& name) {
-  if (name == "auto") thread_runtime_choice().store(int(ThreadRuntime::kAuto));
-  else if (name == "pool") thread_runtime_choice().store(int(ThreadRuntime::kPool));
-  else if (name == "openmp") {
-    if (!OpenMpRuntime::get().usable()) throw std::invalid_argument("openmp: " + OpenMpRuntime::get().describe());
-    thread_runtime_choice().store(int(ThreadRuntime::kOpenMp));
-  } else {
+  if (name == "openmp" && !OpenMpRuntime::get().usable())
+    throw std::invalid_argument("openmp: " + OpenMpRuntime::get().describe());
+  if (name != "auto" && name != "openmp" && name != "pool")
     throw std::invalid_argument("thread runtime must be 'auto', 'openmp' or 'pool', got '" + name + "'");
-  }
+  pool_asked_for().store(name == "pool");
 }
 
 // Runs f(i) for i in [0, ntasks) on up to nthreads threads (inline when that is 1).

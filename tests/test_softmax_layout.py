@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 from _reference import assert_close_to_reference, reference
-from conftest import DEVICE, isa_axis
+from conftest import DEVICE, isa_axis, require_backend
 
 import stablesoftmax as ss
 
@@ -182,8 +182,7 @@ _FORK_CHILD = textwrap.dedent(
 def test_forked_child_reduces_along_dim_0():
     """A forked child after the parent used torch's OpenMP threads: softmax(x, 0) and its backward must
     not touch torch's intra-op pool (it hangs in a child) and the package's pool must be rebuilt."""
-    if not ss.available_backends()["cpp"].available:
-        pytest.skip("C++ backend unavailable")
+    require_backend("cpp")
     env = {k: v for k, v in os.environ.items() if k != "STABLESOFTMAX_BACKEND"}
     proc = subprocess.run([sys.executable, "-c", _FORK_CHILD], env=env, timeout=120, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

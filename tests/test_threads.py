@@ -57,8 +57,8 @@ def _runtime_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
 
 
-def _run(code: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, timeout=timeout,
+def _run(code: str, env: dict[str, str], timeout: int = 300, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env, timeout=timeout,
                           capture_output=True, text=True)  # fmt: skip
 
 
@@ -175,8 +175,7 @@ def test_child_forked_before_any_parallel_call_leaves_openmp(parent):
     enter OpenMP."""
     require_backend("cpp")
     try:
-        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_FORK_BEFORE_ANY_CALL_CHILD), parent],
-                              env=_runtime_env(), timeout=120, capture_output=True, text=True)  # fmt: skip
+        proc = _run(_FORK_BEFORE_ANY_CALL_CHILD, _runtime_env(), timeout=120, args=(parent,))
     except subprocess.TimeoutExpired as exc:
         raise AssertionError("the forked child hung") from exc
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -253,10 +252,7 @@ def test_pool_spin_follows_the_environment(value, spin):
     """STABLESOFTMAX_POOL_SPIN_US sets how long idle workers spin (0: they sleep at once); a value that is not a
     non-negative integer keeps the default. The results do not depend on it."""
     require_backend("cpp")
-    env = {k: v for k, v in os.environ.items() if k not in ("STABLESOFTMAX_BACKEND", "STABLESOFTMAX_POOL_SPIN_US")}
-    if value is not None:
-        env["STABLESOFTMAX_POOL_SPIN_US"] = value
-    proc = subprocess.run([sys.executable, "-c", _SPIN_CHILD], env=env, timeout=300, capture_output=True, text=True)
+    proc = _run(_SPIN_CHILD, _runtime_env(**({"STABLESOFTMAX_POOL_SPIN_US": value} if value is not None else {})))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) == spin
 
@@ -321,8 +317,7 @@ def test_scratch_memory_is_bounded():
     """Rows of 2^23 float16 need 32 MiB of float32 stage each: after the calls, what the threads keep
     must stay under the per-thread cap (16 MiB) times the threads, not grow to the largest row."""
     require_backend("cpp")
-    env = {k: v for k, v in os.environ.items() if k != "STABLESOFTMAX_BACKEND"}
-    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD], env=env, timeout=300, capture_output=True, text=True)
+    proc = _run(_RSS_CHILD, _runtime_env())
     assert proc.returncode == 0, f"resident memory grew by {proc.stdout.strip()} bytes; {proc.stderr[-1000:]}"
 
 

@@ -3,7 +3,7 @@
 The kernels take any strides (sizes and strides in elements) and reduce along ``dim`` inside
 the extension: no transposed copies with torch ops. The extension runs its threads on torch's own
 OpenMP team (no second set of threads competing with torch's for the cores), and in a forked child,
-where that team is gone, on a pool of its own (``thread_runtime()``).
+where that team is gone, on a pool of its own (``_C.thread_runtime()`` says which).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ __all__ = [
     "softmax_backward_strided",
     "softmax_forward",
     "softmax_forward_strided",
-    "thread_runtime",
 ]
 
 #: The strided entry points below take tensors of any layout and a dimension.
@@ -37,12 +36,6 @@ def isa() -> str:
 def pool_workers() -> int:
     """Worker threads the extension's pool holds now (it follows ``torch.get_num_threads()``)."""
     return int(_C.pool_workers())
-
-
-def thread_runtime() -> tuple[str, str]:
-    """The threads the kernels run on, ``"openmp"`` (torch's) or ``"pool"`` (the extension's), and why."""
-    name, why = _C.thread_runtime()
-    return str(name), str(why)
 
 
 def softmax_forward_strided(x: torch.Tensor, out: torch.Tensor, dim: int, log: bool) -> None:
