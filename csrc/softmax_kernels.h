@@ -14,9 +14,17 @@ struct LeaveIsa {
   ~LeaveIsa() { leave_isa(); }
 };
 
-// exp for values written to (or staged for) an output of type Out: bfloat16 outputs keep exp_exact,
-// whose subnormal results they can represent; the others take exp_ftz (vec_math.h).
+// exp for softmax values written to (or staged for) an output of type Out: bfloat16 outputs keep exp_exact's
+// scaling, whose subnormal results they can represent; the others take exp_ftz (vec_math.h). float16 and
+// bfloat16 values take the degree-4 polynomial (exp_narrow_poly), float32 values the full one.
 template <class Out> inline VF exp_for(VF x) {
+  if constexpr (std::is_same<Out, BFloat16>::value) return exp_exact<4>(x);
+  else if constexpr (std::is_same<Out, Half>::value) return exp_ftz<4>(x);
+  else return exp_ftz(x);
+}
+// exp for log_softmax's sum D: an error in log S is an absolute error of every output, and log_softmax keeps
+// its accuracy near 0 with the full polynomials, for every output dtype.
+template <class Out> inline VF exp_for_log(VF x) {
   if constexpr (std::is_same<Out, BFloat16>::value) return exp_exact(x);
   else return exp_ftz(x);
 }
@@ -61,8 +69,10 @@ template <class O, class F, class... Ts> void map_lanes(std::int64_t n, O* out, 
 }
 
 // ---- forward ----
-// The max of n elements as a double (NaN when one is NaN).
-template <class In> double max_k(const In* x, std::int64_t n) {
+// The max of n elements as a double (NaN when one is NaN). With kSave the elements are also stored to
+// `save` as float32, so that a float16 / bfloat16 block is converted once: its later passes read `save`
+// from L1 (a conversion costs two vector uops on x86, as much as the max itself), and give the same bits.
+template <bool kSave, class In> double max_k(const In* x, std::int64_t n, float* save = nullptr) {
   const VF ninf = vset(-INFINITY);
   VF acc[4] = {ninf, ninf, ninf, ninf};
   VM nan = lt(ninf, ninf);  // all false; vmax drops NaN operands, so NaN lanes are tracked apart
@@ -70,6 +80,7 @@ template <class In> double max_k(const In* x, std::int64_t n) {
   for (; i + 4 * L <= n; i += 4 * L) {
     for (int u = 0; u < 4; u += 2) {
       const VF a = load(x + i + L * u), b = load(x + i + L * u + L);
+      if constexpr (kSave) store(save + i + L * u, a), store(save + i + L * u + L, b);
       acc[u] = vmax(acc[u], a);
       acc[u + 1] = vmax(acc[u + 1], b);
       nan = m_or(nan, unord(a, b));
@@ -77,17 +88,31 @@ template <class In> double max_k(const In* x, std::int64_t n) {
   }
   for (; i + L <= n; i += L) {
     const VF a = load(x + i);
+    if constexpr (kSave) store(save + i, a);
     acc[0] = vmax(acc[0], a);
     nan = m_or(nan, unord(a, a));
   }
   if (i < n) {
     const VF a = load_tail(x + i, int(n - i), -INFINITY);
+    if constexpr (kSave) store_tail(save + i, int(n - i), a);
     acc[0] = vmax(acc[0], a);
     nan = m_or(nan, unord(a, a));
   }
   if (mask_bits(nan)) return double(NAN);
   return double(reduce_max(vmax(vmax(acc[0], acc[1]), vmax(acc[2], acc[3]))));
 }
+
+// A block of at most kBlock elements as float32: the input itself when it is float32, else its conversion
+// into `buf` (made by the block's max_k, which this returns).
+template <class In> struct Float32Block {
+  alignas(64) float buf[std::is_same<In, float>::value ? 1 : kBlock];
+  const float* data;
+  double max;
+  Float32Block(const In* x, std::int64_t n) {
+    if constexpr (std::is_same<In, float>::value) data = x, max = max_k<false>(x, n);
+    else data = buf, max = max_k<true>(x, n, buf);
+  }
+};
 
 // log_softmax statistics of a block with a finite max bm: entries equal to the max counted apart from the sum of
 // the exponentials of the others.
@@ -100,32 +125,32 @@ template <class In, class Out> BlockStat log_stats(const In* xb, std::int64_t le
     const VM ea = eq(a, vc), eb = eq(b, vc);
     c0 = add(c0, keep(ea, one));
     c1 = add(c1, keep(eb, one));
-    d0 = add(d0, select(ea, vzero(), exp_for<Out>(sub(a, vc))));
-    d1 = add(d1, select(eb, vzero(), exp_for<Out>(sub(b, vc))));
+    d0 = add(d0, select(ea, vzero(), exp_for_log<Out>(sub(a, vc))));
+    d1 = add(d1, select(eb, vzero(), exp_for_log<Out>(sub(b, vc))));
   }
   for (; i < len; i += L) {
     const int m = int(std::min<std::int64_t>(L, len - i));
     const VF a = m == L ? load(xb + i) : load_tail(xb + i, m, -INFINITY);
     const VM ea = eq(a, vc);
     c0 = add(c0, keep(ea, one));
-    d0 = add(d0, select(ea, vzero(), exp_for<Out>(sub(a, vc))));
+    d0 = add(d0, select(ea, vzero(), exp_for_log<Out>(sub(a, vc))));
   }
   return {bm, reduce_sum(add(c0, c1)), reduce_sum(add(d0, d1))};
 }
 
-// Block statistics (softmax.h: BlockStat). Each block is read from memory once for its max and again
-// from L1 for its exponentials, E = exp_for<Out> both here and in write_exp_k.
+// Block statistics (softmax.h: BlockStat). Each block is read from memory once for its max (and converted
+// to float32 once) and again from L1 for its exponentials, E = exp_for<Out> both here and in write_exp_k.
 template <class In, class Out> void stats_k(const void* xv, std::int64_t n, float* stage, BlockStat* st, bool log) {
   const LeaveIsa leave;
   const In* x = static_cast<const In*>(xv);
   for (std::int64_t b0 = 0, j = 0; b0 < n; b0 += kBlock, ++j) {
     const std::int64_t len = std::min(kBlock, n - b0);
-    const In* xb = x + b0;
-    const double bm = max_k<In>(xb, len);
+    const Float32Block<In> xb(x + b0, len);
+    const double bm = xb.max;
     if (std::isnan(bm)) { st[j] = {bm, 0, 0}; continue; }
     if (bm == INFINITY) {
       double count = 0;
-      for (std::int64_t i = 0; i < len; ++i) count += load_as<float>(xb + i) == INFINITY ? 1 : 0;
+      for (std::int64_t i = 0; i < len; ++i) count += xb.data[i] == INFINITY ? 1 : 0;
       st[j] = {bm, count, 0};
       continue;
     }
@@ -137,10 +162,10 @@ template <class In, class Out> void stats_k(const void* xv, std::int64_t n, floa
     const VF vc = vset(float(bm));
     if (!log) {
       const auto e = [vc](VF v) { return exp_for<Out>(sub(v, vc)); };
-      st[j] = {bm, 0, stage ? reduce_blocks<true>(len, stage + b0, e, xb) : reduce_blocks<false>(len, nullptr, e, xb)};
+      st[j] = {bm, 0, stage ? reduce_blocks<true>(len, stage + b0, e, xb.data) : reduce_blocks<false>(len, nullptr, e, xb.data)};
       continue;
     }
-    st[j] = log_stats<In, Out>(xb, len, bm);
+    st[j] = log_stats<float, Out>(xb.data, len, bm);
   }
 }
 
@@ -220,7 +245,7 @@ bool columns_k(const void* xv, std::int64_t xs, std::int64_t n, std::int64_t w64
       const In* xr = x + i * xs;
       for (int v = 0; v < nv; ++v) {
         const VF a = load_cols(xr, v, w);
-        const VF t = exp_for<Out>(sub(a, m[v]));
+        const VF t = log ? exp_for_log<Out>(sub(a, m[v])) : exp_for<Out>(sub(a, m[v]));
         if (log) {
           const VM at_max = eq(a, m[v]);
           cacc[v] = add(cacc[v], keep(at_max, one));
@@ -262,20 +287,20 @@ std::int64_t short_rows_k(const void* xv, std::int64_t xs, std::int64_t rows, st
   Out* out = static_cast<Out*>(ov);
   alignas(64) float stage[kBlock];
   for (std::int64_t r = 0; r < rows; ++r) {
-    const In* xr = x + r * xs;
+    const Float32Block<In> xr(x + r * xs, n);
     Out* orow = out + r * os;
-    const double bm = max_k<In>(xr, n);
+    const double bm = xr.max;
     if (!(std::fabs(bm) < INFINITY)) return r;
     const VF vc = vset(float(bm));
     if (log) {
-      const BlockStat b = log_stats<In, Out>(xr, n, bm);
+      const BlockStat b = log_stats<float, Out>(xr.data, n, bm);
       const double log_s = log_normaliser(b.c, b.d, true);
       const VF vk = vset(float(log_s));
-      map_lanes(n, orow, [=](VF v) { return sub(sub(v, vc), vk); }, xr);
+      map_lanes(n, orow, [=](VF v) { return sub(sub(v, vc), vk); }, xr.data);
       continue;
     }
     float* st = std::is_same<Out, float>::value ? reinterpret_cast<float*>(orow) : stage;  // as the general path
-    const double d = reduce_blocks<true>(n, st, [vc](VF v) { return exp_for<Out>(sub(v, vc)); }, xr);
+    const double d = reduce_blocks<true>(n, st, [vc](VF v) { return exp_for<Out>(sub(v, vc)); }, xr.data);
     const VF vk = vset(float(1.0 / d));
     map_lanes(n, orow, [vk](VF v) { return mul(v, vk); }, static_cast<const float*>(st));
   }
