@@ -80,3 +80,20 @@ def test_fused_softmax_of_the_longest_fused_row_holds_16_elements_per_thread():
         plan = S._plan(1, cols, torch.device("cuda"))
         assert plan.path == "fused" and plan.block == 16384
         assert plan.block * plan.rows_per_program // (32 * plan.num_warps) <= 16, plan
+
+
+@pytest.mark.parametrize("cols", [16, 100, 128, 1000, 1024])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_short_fused_rows_lie_within_one_warp(cols, dtype):
+    """Fused tiles of rows up to 1,024 columns (the AOT check's SASS budget rests on this layout): each row's lanes
+    within one warp (warp-local reductions; the row's normaliser computed once per thread, not once per row of the
+    tile), 32 elements of one row a thread, every lane holding data; unaligned rows (scalar accesses) too."""
+    x = torch.empty(64, cols, dtype=dtype, device="meta")
+    vector = S._vector(cols, x)
+    assert vector == (16 // x.element_size() if cols % 16 == 0 else 1)
+    plan = S._plan(64, cols, torch.device("cuda"), vector=vector)
+    assert plan.path == "fused"
+    lanes_per_row = max(plan.block // plan.pieces // vector, 1)
+    assert lanes_per_row <= 32 and 32 % lanes_per_row == 0, plan
+    assert plan.block // lanes_per_row == min(32, plan.block), plan
+    assert plan.rows_per_program * lanes_per_row >= 32 * plan.num_warps, plan

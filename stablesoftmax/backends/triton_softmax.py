@@ -40,7 +40,8 @@ of the row length and the accumulation dtype only, never of the number of rows),
 each chunk's partial with the same code and combine the partials with the same code, in
 the same order, so a row's output is bitwise the same whichever path the batch size
 selects. The fused path packs a number of rows per program that depends on the row
-length only, so its tile (and reduction order) is the same for any batch size too.
+length only, and lays a tile out by the row length and the dtypes only (each short row within
+one warp), so its reduction order is the same for any batch size too.
 
 log_softmax takes ``log S`` as ``log1p`` of the sum below the max when one entry holds
 the max, so that ``-log S`` keeps its relative accuracy when ``S`` is within an ulp of 1.
@@ -193,37 +194,59 @@ def _log_total(c, d):
 def _inf_rule(x, m):
     """The rare rows whose max ``m`` is +inf, made ordinary: their entries become ``0`` at +inf
     and ``-inf`` elsewhere, their max ``0``; ``x - m`` is then the SPEC's shift for them. The
-    caller runs this only when some row of its tile has a +inf (a uniform branch)."""
+    caller runs this only when some row of its tile has a +inf (a uniform branch). ``x`` is a
+    fused tile ``[K, ROWS, W]``, ``m`` its rows' maxima ``[ROWS]``."""
     inf_row = m == float("inf")
-    x = tl.where(inf_row[:, None], tl.where(x == float("inf"), 0.0, -float("inf")), x)
+    x = tl.where(inf_row[None, :, None], tl.where(x == float("inf"), 0.0, -float("inf")), x)
     return x, tl.where(inf_row, 0.0, m)
+
+
+@triton.jit
+def _row_sum(t):
+    """Per-row sums of a fused tile ``[K, ROWS, W]``: the K pieces a thread holds first, then its lanes."""
+    return tl.sum(tl.sum(t, axis=0), axis=1)
+
+
+@triton.jit
+def _fused_offsets(row, rows, cols, stride, BLOCK: tl.constexpr, K: tl.constexpr):
+    """Offsets and mask of a fused tile ``[K, ROWS, BLOCK // K]``: element ``(k, r, j)`` is column
+    ``k * (BLOCK // K) + j`` of row ``row[r]``. With the column pieces outermost, Triton's layout gives
+    each row to the lanes of one warp (``BLOCK // K`` columns across them, the K pieces in each
+    thread's registers), so a row's reductions are a thread's own sums then a few shuffles: no shared
+    memory, and the per-row scalar work (the normaliser, ``log S``) is done once per thread, not once
+    per row of the tile. K = 1 is the plain ``[ROWS, BLOCK]`` tile."""
+    W: tl.constexpr = BLOCK // K
+    col = tl.arange(0, K)[:, None, None] * W + tl.arange(0, W)[None, None, :]
+    r3 = row[None, :, None]
+    return r3 * stride + col, (r3 < rows) & (col < cols)
 
 
 @triton.jit
 def _fwd_fused_kernel(
     x_ptr, out_ptr, rows, cols, x_stride, out_stride, pid0,
-    BLOCK: tl.constexpr, ROWS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = (tl.program_id(0).to(tl.int64) + pid0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    col = tl.arange(0, BLOCK)
-    mask = (row[:, None] < rows) & (col[None, :] < cols)
-    x = _acc(tl.load(x_ptr + row[:, None] * x_stride + col[None, :], mask=mask, other=-float("inf")), ACC_F64)
-    m = _nan_max(x, 1, NATIVE)  # NaN for a row with a NaN: then every s below is NaN
+    x_off, mask = _fused_offsets(row, rows, cols, x_stride, BLOCK, K)
+    x = _acc(tl.load(x_ptr + x_off, mask=mask, other=-float("inf")), ACC_F64)
+    m = _nan_max(_nan_max(x, 0, NATIVE), 1, NATIVE)  # NaN for a row with a NaN: then every s below is NaN
     if tl.max(m, axis=0) == float("inf"):
         x, m = _inf_rule(x, m)
-    s = x - tl.where(m == -float("inf"), 0.0, m)[:, None]
+    s = x - tl.where(m == -float("inf"), 0.0, m)[None, :, None]
     dst: tl.constexpr = out_ptr.dtype.element_ty
     if LOG:
         e = _exp(s, NATIVE and not ACC_F64)
         at_max = s == 0.0  # the max's entries
-        c = tl.sum(at_max.to(e.dtype), axis=1)
-        d = tl.sum(tl.where(at_max, 0.0, e), axis=1)
-        y = s - _log_total(c, d)[:, None]
+        c = _row_sum(at_max.to(e.dtype))
+        d = _row_sum(tl.where(at_max, 0.0, e))
+        y = s - _log_total(c, d)[None, :, None]
     else:
         e = _exp(s, NATIVE and not ACC_F64 and dst != tl.bfloat16)  # bfloat16 keeps float32's subnormals
-        total = tl.sum(e, axis=1)
-        y = e * (1.0 / tl.where(total == 0.0, 1.0, total))[:, None]  # a row of -inf sums to 0
-    tl.store(out_ptr + row[:, None] * out_stride + col[None, :], _cast_out(y, dst, NATIVE, not LOG), mask=mask)
+        total = _row_sum(e)
+        y = e * (1.0 / tl.where(total == 0.0, 1.0, total))[None, :, None]  # a row of -inf sums to 0
+    out_off, _ = _fused_offsets(row, rows, cols, out_stride, BLOCK, K)
+    tl.store(out_ptr + out_off, _cast_out(y, dst, NATIVE, not LOG), mask=mask)
 
 
 @triton.jit
@@ -411,21 +434,23 @@ def _fwd_split_write_kernel(
 @triton.jit
 def _bwd_fused_kernel(
     y_ptr, g_ptr, out_ptr, rows, cols, y_stride, g_stride, out_stride, pid0,
-    BLOCK: tl.constexpr, ROWS: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, K: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = (tl.program_id(0).to(tl.int64) + pid0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    col = tl.arange(0, BLOCK)
-    mask = (row[:, None] < rows) & (col[None, :] < cols)
-    y = _acc(tl.load(y_ptr + row[:, None] * y_stride + col[None, :], mask=mask, other=0.0), ACC_F64)
-    g = _acc(tl.load(g_ptr + row[:, None] * g_stride + col[None, :], mask=mask, other=0.0), ACC_F64)
+    y_off, mask = _fused_offsets(row, rows, cols, y_stride, BLOCK, K)
+    g_off, _ = _fused_offsets(row, rows, cols, g_stride, BLOCK, K)
+    y = _acc(tl.load(y_ptr + y_off, mask=mask, other=0.0), ACC_F64)
+    g = _acc(tl.load(g_ptr + g_off, mask=mask, other=0.0), ACC_F64)
     if LOG:
-        total = tl.sum(g, axis=1)
-        r = g - _exp(y, NATIVE and not ACC_F64) * total[:, None]
+        total = _row_sum(g)
+        r = g - _exp(y, NATIVE and not ACC_F64) * total[None, :, None]
     else:
-        total = tl.sum(g * y, axis=1)
-        r = y * (g - total[:, None])
+        total = _row_sum(g * y)
+        r = y * (g - total[None, :, None])
     r = _cast_out(r, out_ptr.dtype.element_ty, NATIVE, False)
-    tl.store(out_ptr + row[:, None] * out_stride + col[None, :], r, mask=mask)
+    out_off, _ = _fused_offsets(row, rows, cols, out_stride, BLOCK, K)
+    tl.store(out_ptr + out_off, r, mask=mask)
 
 
 @triton.jit
@@ -474,6 +499,7 @@ class Plan(NamedTuple):
     split: int  # chunks per row (looped and split: the same for both; fused: 1)
     chunk: int  # columns per chunk, a multiple of ``block`` (fused: cols)
     num_warps: int
+    pieces: int = 1  # fused only: K, the column pieces of a row in each thread (see _fused_offsets)
 
 
 @functools.cache
@@ -486,6 +512,25 @@ def _sm_count(device_type: str, index: int | None) -> int:
 def _check_pow2(name: str, value: int) -> None:
     if value < 1 or value & (value - 1):
         raise ValueError(f"{name} must be a power of two >= 1, got {value}")
+
+
+def _fused_tile(block: int, rows_per_program: int, vector: int, acc_f64: bool) -> tuple[int, int]:
+    """(K, warps) of a fused tile (see :func:`_fused_offsets`). Rows of up to 1,024 columns get about
+    32 elements a thread (16 with float64 accumulation), each row within one warp: ``BLOCK / 32`` lanes
+    across a row, each lane K accesses of ``vector`` elements. Longer rows keep one tile row across
+    all the warps (K = 1). A function of the row length, the dtypes and the alignment only."""
+    if block > 1024:
+        return 1, _fused_warps(block * rows_per_program)
+    per_thread = min(16 if acc_f64 else 32, block)
+    pieces = max(per_thread // vector, 1)
+    return pieces, min(max(block * rows_per_program // per_thread // 32, 1), 8)
+
+
+def _vector(cols: int, *tensors: torch.Tensor) -> int:
+    """Elements of the 128-bit accesses Triton can make on these rows (1 when it cannot vectorise):
+    its specialisation needs 16-byte aligned data, and a row stride and length divisible by 16."""
+    aligned = cols % 16 == 0 and all(t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0 for t in tensors)
+    return max(16 // max(t.element_size() for t in tensors), 1) if aligned else 1
 
 
 def _fused_warps(elements: int) -> int:
@@ -504,6 +549,7 @@ def _plan(
     split: int | None = None,
     rows_per_program: int | None = None,
     allow_split: bool = True,
+    vector: int = 4,
 ) -> Plan:
     """Choose the path and launch shape for ``rows x cols``.
 
@@ -540,7 +586,8 @@ def _plan(
         # Pack short rows up to a tile of _FUSED_TILE, whatever the number of rows: the tile (and
         # so the order of each row's reductions on a GPU) must not depend on the batch.
         rpp = max(_FUSED_TILE // block, 1) if rows_per_program is None else rows_per_program
-        return Plan("fused", block, rpp, 1, cols, _fused_warps(block * rpp))
+        pieces, warps = _fused_tile(block, rpp, vector, acc_f64)
+        return Plan("fused", block, rpp, 1, cols, warps, pieces)
 
     if block_size is not None:
         block = min(block_size, row_p2)
@@ -586,8 +633,9 @@ def softmax_forward(
     assert out.shape == x.shape and (cols <= 1 or (x.stride(1) == 1 and out.stride(1) == 1))
     acc_f64 = x.dtype == torch.float64 or out.dtype == torch.float64
     plan = _plan(
-        rows, cols, x.device, acc_f64=acc_f64, block_size=block_size, split=split, rows_per_program=rows_per_program
-    )
+        rows, cols, x.device, acc_f64=acc_f64, block_size=block_size, split=split, rows_per_program=rows_per_program,
+        vector=_vector(cols, x),
+    )  # fmt: skip
     log = bool(log)
     native = native_ptx(x.device)
     with launch_guard(x):
@@ -595,8 +643,8 @@ def softmax_forward(
             for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.rows_per_program),)):
                 _fwd_fused_kernel[grid](
                     x, out, rows, cols, x.stride(0), out.stride(0), pid0,
-                    BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, NATIVE=native,
-                    num_warps=plan.num_warps,
+                    BLOCK=plan.block, ROWS=plan.rows_per_program, K=plan.pieces, LOG=log, ACC_F64=acc_f64,
+                    NATIVE=native, num_warps=plan.num_warps,
                 )  # fmt: skip
             return
         ws = torch.empty((rows, plan.split, 4), dtype=torch.float64 if acc_f64 else torch.float32, device=x.device)
@@ -645,7 +693,7 @@ def softmax_backward(
     acc_f64 = torch.float64 in (y.dtype, grad.dtype, out.dtype)
     plan = _plan(
         rows, cols, y.device, acc_f64=acc_f64, block_size=block_size, rows_per_program=rows_per_program,
-        allow_split=False,
+        allow_split=False, vector=_vector(cols, y, grad),
     )  # fmt: skip
     log = bool(log)
     native = native_ptx(y.device)
@@ -654,8 +702,8 @@ def softmax_backward(
             for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.rows_per_program),)):
                 _bwd_fused_kernel[grid](
                     y, grad, out, rows, cols, y.stride(0), grad.stride(0), out.stride(0), pid0,
-                    BLOCK=plan.block, ROWS=plan.rows_per_program, LOG=log, ACC_F64=acc_f64, NATIVE=native,
-                    num_warps=plan.num_warps, maxnreg=_BWD_FUSED_MAXNREG,
+                    BLOCK=plan.block, ROWS=plan.rows_per_program, K=plan.pieces, LOG=log, ACC_F64=acc_f64,
+                    NATIVE=native, num_warps=plan.num_warps, maxnreg=_BWD_FUSED_MAXNREG,
                 )  # fmt: skip
         else:
             for grid, (pid0,) in grid_pieces((rows,)):
