@@ -1,6 +1,7 @@
-"""The torch backend's softmax fast path (torch's own softmax, then a device-side fix-up) and its chunked
-log_softmax: the SPEC's non-finite table row by row in mixed batches, and accuracy against the float64
-reference, at every dtype and for both ops.
+"""The torch backend's 16-bit softmax fast path (torch's own softmax, then a device-side fix-up), its direct
+path for whole rows (float32 softmax, every log_softmax) and its column-chunked path for rows past the chunk
+budget: the SPEC's non-finite table row by row in mixed batches, and accuracy against the float64 reference,
+at every dtype and for both ops.
 
 Each batch mixes finite rows, rows with k ``+inf`` entries (with ``-inf`` and finite neighbours, and finite
 values at the dtype's largest), NaN rows (NaN alone or beside ``+inf``), rows of only ``-inf``, and rows

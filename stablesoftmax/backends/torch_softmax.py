@@ -108,21 +108,16 @@ def _finish(s: torch.Tensor, total: tuple[torch.Tensor, torch.Tensor], out: torc
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
-def _fast_buffer_dtype(x: torch.Tensor, out: torch.Tensor, log: bool) -> torch.dtype | None:
-    """The dtype in which torch's own softmax may do the work (None: take the chunked path).
+def _torch_softmax_buffer(x: torch.Tensor, out: torch.Tensor, log: bool) -> bool:
+    """Whether torch's own softmax may do the work, in a float32 buffer (``_softmax_rows_fast``).
 
-    float32 for a 16-bit input and output, whose rounding hides torch's float32 errors (its fast exp and sequential
-    sum: a few 1e-5 relative on long rows, beyond the SPEC's float32 bound); float64 for a float32 output,
-    for the same reason. The buffer's largest finite value stands in for ``+inf`` (``_softmax_rows_fast``)
-    and must lie far beyond every finite input, so a float64 input or output takes the chunked path.
-    log_softmax always does: torch's ``x - m - log S`` loses ``S - 1`` below the working precision (a
-    bfloat16 ``[0, -60]`` row would get an exact 0, where the SPEC's answer is ``-8.8e-27``); the chunked
-    path's ``log k + log1p(T / k)`` keeps it.
+    Only for a 16-bit input and output, whose rounding hides torch's float32 errors (its fast exp and
+    sequential sum: a few 1e-5 relative on long rows, beyond the SPEC's float32 bound); the buffer's largest
+    finite value stands in for ``+inf`` there and lies far beyond every 16-bit input. log_softmax never:
+    torch's ``x - m - log S`` loses ``S - 1`` below the working precision (a bfloat16 ``[0, -60]`` row would
+    get an exact 0, where the SPEC's answer is ``-8.8e-27``).
     """
-    if log or x.dtype == torch.float64 or out.dtype == torch.float64:
-        return None
-    # float32 only for 16-bit inputs: a float32 input's largest finite values would tie with a clamped +inf
-    return torch.float32 if out.dtype in _SIXTEEN_BIT and x.dtype in _SIXTEEN_BIT else torch.float64
+    return not log and out.dtype in _SIXTEEN_BIT and x.dtype in _SIXTEEN_BIT
 
 
 def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor) -> None:
@@ -130,7 +125,7 @@ def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor) ->
     for non-finite rows made by elementwise steps that need no host sync.
 
     The input is clamped to ``[-B, B]``, ``B`` the buffer dtype's largest finite value, which lies far
-    beyond every finite input (``_fast_buffer_dtype``). Then torch's softmax gives:
+    beyond every finite input (``_torch_softmax_buffer``). Then torch's softmax gives:
 
     * a row whose max is ``+inf``: ``exp(B - B) = 1`` on each former ``+inf`` entry and ``exp(x - B) = 0``
       elsewhere, so ``1 / k`` and 0;
@@ -152,33 +147,75 @@ def _softmax_rows_fast(x: torch.Tensor, out: torch.Tensor, buf: torch.Tensor) ->
     out.copy_(result.mul_(torch.logical_not(masked).to(buf.dtype)))
 
 
+def _shift_into(x: torch.Tensor, m: torch.Tensor, buf: torch.Tensor) -> None:
+    """``buf = s``, the shift rule's ``x - m``, in two elementwise passes (``_shifted`` takes four), for every
+    row whose max ``m`` is not NaN (a NaN row's ``buf`` is left meaningless: its caller makes it NaN).
+
+    A +inf row is shifted by ``+inf``: ``inf - inf`` is NaN on its +inf entries and ``-inf`` elsewhere, and
+    ``nan_to_num`` turns those NaN into 0 and keeps the infinities; every other row has no NaN to turn.
+    (``fmin(s, 0)`` does the same but is not vectorised on the CPU: 6x the time.)
+    """
+    inf = float("inf")
+    shift = torch.where(m == inf, inf, torch.where(torch.isfinite(m), m, 0.0))
+    torch.sub(x, shift, out=buf)
+    torch.nan_to_num(buf, nan=0.0, posinf=inf, neginf=-inf, out=buf)
+
+
+def _rows_direct(x: torch.Tensor, out: torch.Tensor, log: bool, bufs: list[torch.Tensor]) -> None:
+    """Softmax / log_softmax of whole rows in float32 (float64) math of our own: ``bufs`` are two reused
+    buffers the shape of ``x`` (``bufs[1]`` only for log_softmax). Sums are ``_row_sum``'s fixed-order block
+    sums; log_softmax's ``log S`` is ``log k + log1p(T / k)`` (``k`` the entries at the max, where
+    ``exp(s)`` is exactly 1, so ``floor(exp(s))`` marks them). NaN rows get NaN through the per-row factor."""
+    acc = bufs[0].dtype
+    m = x.amax(dim=1, keepdim=True).to(acc)  # NaN-propagating
+    nan_row = torch.isnan(m)
+    s = bufs[0]
+    _shift_into(x, m, s)
+    if not log:
+        e = s.exp_()
+        total = _row_sum(e)
+        total = torch.where(nan_row, float("nan"), torch.where(total == 0, 1.0, total))
+        if out.dtype == acc:
+            torch.div(e, total, out=out)
+        else:
+            out.copy_(e.div_(total))
+        return
+    e = torch.exp(s, out=bufs[1])
+    at_max = torch.floor(e)  # 1 where e == 1, else 0 (e <= 1)
+    ones = _row_sum(at_max)
+    rest = _row_sum(e.sub_(at_max))
+    log_s = torch.where(nan_row, float("nan"), _total(ones, rest)[1])
+    if out.dtype == acc:
+        torch.sub(s, log_s, out=out)
+    else:
+        out.copy_(s.sub_(log_s))
+
+
 def softmax_forward(x: torch.Tensor, out: torch.Tensor, log: bool) -> None:
     """Softmax (or log_softmax) of each row of 2-D ``x`` into ``out``, chunked."""
     acc = _accumulation_dtype(x, out)
     rows, cols = x.shape
-    buffer_dtype = _fast_buffer_dtype(x, out, log)
-    if buffer_dtype is not None:
-        fast_rows = min(chunk_bytes(x.device) // (cols * buffer_dtype.itemsize), rows)
+    # one set of buffers for every chunk of whole rows: on the CPU a reused, cache-sized buffer costs no page faults
+    if _torch_softmax_buffer(x, out, log):
+        fast_rows = min(chunk_bytes(x.device) // (cols * 4), rows)
         if fast_rows >= 1:
-            # one buffer for every chunk: on the CPU a reused, cache-sized buffer costs no page faults
-            buf = torch.empty((fast_rows, cols), dtype=buffer_dtype, device=x.device)
+            buf = torch.empty((fast_rows, cols), dtype=torch.float32, device=x.device)
             for r0 in range(0, rows, fast_rows):
                 xr = x[r0 : r0 + fast_rows]
                 _softmax_rows_fast(xr, out[r0 : r0 + fast_rows], buf[: xr.shape[0]])
             return
     row_chunk, col_chunk = chunks(rows, cols, acc.itemsize, x.device)
+    if col_chunk == cols:  # whole rows fit a chunk: as many as the budget holds in the direct path's buffers
+        n_bufs = 2 if log else 1
+        row_chunk = min(max(chunk_bytes(x.device) // (cols * acc.itemsize * n_bufs), 1), rows)
+        bufs = [torch.empty((row_chunk, cols), dtype=acc, device=x.device) for _ in range(n_bufs)]
+        for r0 in range(0, rows, row_chunk):
+            xr = x[r0 : r0 + row_chunk]
+            _rows_direct(xr, out[r0 : r0 + row_chunk], log, [b[: xr.shape[0]] for b in bufs])
+        return
     for r0 in range(0, rows, row_chunk):
         xr, outr = x[r0 : r0 + row_chunk], out[r0 : r0 + row_chunk]
         m = _row_max(xr, col_chunk, acc)
-        if col_chunk == cols:  # the whole row fits: one pass over exp
-            s = _shifted(xr, m, acc)
-            if log:
-                _finish(s, _total(*_ones_and_rest(s.exp())), outr, log)
-            else:  # only log_softmax needs the k + T split of the sum
-                e = s.exp_()
-                total = _row_sum(e)
-                outr.copy_(e.div_(torch.where(total == 0, 1.0, total)))
-            continue
         ones, rest = torch.zeros_like(m), torch.zeros_like(m)
         for c0 in range(0, cols, col_chunk):
             chunk_ones, chunk_rest = _ones_and_rest(_shifted(xr[:, c0 : c0 + col_chunk], m, acc).exp_())
