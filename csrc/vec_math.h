@@ -54,41 +54,42 @@ SSM_VEC_INLINE VF scale_pow2(VF p, VF n) {
 #endif
 }
 
+// Lanes whose exponential is 0 (or does not matter) are scaled by 2^0 and then zeroed, never by the 2^n that
+// would underflow: an underflowing multiply or VSCALEFPS takes a microcode assist (~150 cycles on Intel) per
+// instruction with such a lane, and masked rows (-inf, or finfo.min, in every vector of a causal attention
+// mask) made softmax 4x slower than torch's on AVX-512.
+
 // exp(x), ~1-2 ulp over the whole range, subnormal results exact-rounded: x = n*ln2 + r, e^r by a
 // degree-7 Taylor polynomial (truncation < 1e-8 relative), then e^r * 2^a * 2^b with a + b = n: both
 // factors are normal numbers, so the first product is exact and only the last one rounds (also when the
-// result is subnormal). x <= -104 gives 0 (exp(-104) is below half the smallest subnormal), -inf -> 0,
-// x >= 88.8 gives inf, NaN stays NaN (vmin/vmax return their second operand when it is NaN). kDegree = 4
-// takes exp_narrow_poly instead (bfloat16 softmax values).
+// result is subnormal). x < -104 gives 0 (exp(-104) is below half the smallest subnormal), -inf -> 0,
+// x >= 88.8 gives inf, NaN stays NaN (vmin/vmax return their second operand when it is NaN; lt is false
+// for NaN). kDegree = 4 takes exp_narrow_poly instead (bfloat16 softmax values).
 template <int kDegree = 7> SSM_VEC_INLINE VF exp_exact(VF x) {
+  const VM zero = lt(x, vset(-104.0f));
   x = vmin(vset(88.8f), x);
   x = vmax(vset(-104.0f), x);
   const VF n = round_even(mul(x, vset(1.44269504088896341f)));
-  return scale_pow2(exp_poly<kDegree>(reduce_ln2(x, n)), n);
+  return select(zero, vzero(), scale_pow2(exp_poly<kDegree>(reduce_ln2(x, n)), select(zero, vzero(), n)));
 }
 
 // exp for values that end in a sum, a float32 output or a float16 output, where results below 2^-125 do
 // not matter (float32: under the absolute error bound; float16: they round to 0; sums: negligible):
 // x < -86.5 gives 0 (as does -inf), e^r by a degree-6 Taylor polynomial on |r| <= ln2/2 (truncation
-// < 1.3e-7 relative, ~2-3 ulp in all), 2^n added to the exponent bits in one step. Meant for x <= 0
+// < 1.3e-7 relative, ~2-3 ulp in all), then 2^n (n >= -125: the result is a normal number). Meant for x <= 0
 // (x - row max); x up to 88 still works. NaN lanes give 0: callers detect NaN rows before they
-// exponentiate. Where the ISA scales by 2^n in one instruction (SSM_VEC_HAS_SCALEF: AVX-512's
-// VSCALEFPS), that instruction replaces the exponent-bit addition and the range mask: the same value
-// wherever the result is >= 2^-126, and results below it are kept (correctly rounded) instead of 0.
+// exponentiate. 2^n goes into the exponent bits in one integer add, or, where the ISA scales in one
+// instruction (SSM_VEC_HAS_SCALEF: AVX-512's VSCALEFPS), by that: the same value either way.
 // kDegree = 4 takes exp_narrow_poly instead (float16 softmax values).
 template <int kDegree = 6> SSM_VEC_INLINE VF exp_ftz(VF x) {
-#if defined(SSM_VEC_HAS_SCALEF)
-  x = vmax(x, vset(-110.0f));  // 2^-159 rounds to 0; -inf and NaN (vmax returns its second operand) give 0
-#else
   const VM in_range = ge(x, vset(-86.5f));
   x = vmax(x, vset(-86.5f));
-#endif
   const VF shift = vset(12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
   const VF t = fmadd(x, vset(1.44269504088896341f), shift);
   const VF n = sub(t, shift);
   const VF p = exp_poly<kDegree>(reduce_ln2(x, n));
 #if defined(SSM_VEC_HAS_SCALEF)
-  return scale_pow2(p, n);
+  return keep(in_range, scale_pow2(p, n));
 #else
   return keep(in_range, as_float(iadd(as_int(p), ishl<23>(as_int(t)))));
 #endif
@@ -97,7 +98,8 @@ template <int kDegree = 6> SSM_VEC_INLINE VF exp_ftz(VF x) {
 // The sampling kernels' exp (every path of one ISA uses this one, so the block sums, the rescans and
 // the candidate weights agree): ~1 ulp (Cephes-style degree-7 polynomial on r in [-ln2/2, ln2/2]).
 // Vectors with every lane in [-86, 88] take the fast form (2^n through the exponent bits); others take
-// exp_sampling_wide: subnormal results via a two-step scale, 0 below kZCut (so -inf -> 0) and 0 for NaN.
+// exp_sampling_wide: subnormal results via a two-step scale, 0 below kZCut (so -inf -> 0) and 0 for NaN,
+// those lanes scaled by 2^0 before they are zeroed (see the note above exp_exact).
 constexpr float kZCut = -103.97f;  // exp(z) > 0 in float32 exactly when z >= kZCut (this exp)
 
 SSM_VEC_INLINE VF exp_sampling_poly(VF r) {
@@ -118,7 +120,8 @@ inline VF exp_sampling_wide(VF x) {
   const VF n = round_even(mul(xc, vset(1.44269504088896341f)));
   VF r = fnmadd(n, vset(0.693359375f), xc);
   r = fnmadd(n, vset(-2.12194440e-4f), r);
-  return keep(ge(x, vset(kZCut)), scale_pow2(exp_sampling_poly(r), n));
+  const VM live = ge(x, vset(kZCut));  // (NaN: false) dead lanes are scaled by 2^0, then zeroed: no assist
+  return keep(live, scale_pow2(exp_sampling_poly(r), keep(live, n)));
 }
 
 // kNonPos: the caller guarantees x <= 0 (or -inf / NaN), which saves the upper range check.

@@ -204,23 +204,44 @@ def run_softmax_bench(
                                       ms, bytes_moved / ms / 1e6, base_ms / ms, copy_ms, p20, p80))  # fmt: skip
         if rows == 1 and device.type == "cpu":
             results += _interleaved_bench(x, device, min_run_time)
+        if cols <= 512:
+            results += _causal_bench(x, device, min_run_time)
+    return results
+
+
+def _compare(
+    shape: str, label: str, baseline: Callable[[], object], ours: Callable[[], object], bytes_moved: int,
+    device: torch.device, min_run_time: float, floor_ms: float = float("nan"),
+) -> list[Result]:  # fmt: skip
+    """One softmax case: torch's ``baseline`` and ``ours`` on every backend for ``device``, ratios against the first."""
+    b20, base_ms, b80 = _timer(baseline, device, min_run_time)
+    results = [Result(str(device.type), "softmax", shape, label, "torch.softmax", base_ms, bytes_moved / base_ms / 1e6,
+                      1.0, floor_ms, b20, b80)]  # fmt: skip
+    for name in _backends_for(device):
+        with use_backend(name):
+            p20, ms, p80 = _timer(ours, device, min_run_time)
+        results.append(Result(str(device.type), "softmax", shape, label, impl_label(name), ms, bytes_moved / ms / 1e6,
+                              base_ms / ms, floor_ms, p20, p80))  # fmt: skip
     return results
 
 
 def _interleaved_bench(x: torch.Tensor, device: torch.device, min_run_time: float) -> list[Result]:
     """Softmax of one decoding row, each call followed by a torch op (``x.float()``), as in a patched model: the
     pair's time shows whether our threads and torch's compete for the cores after a call."""
-    shape, label = f"{x.shape[0]}x{x.shape[1]}", "float16->float16, then x.float()"
-    bytes_moved = x.numel() * 2 * x.element_size()
-    b20, base_ms, b80 = _timer(lambda: (torch.softmax(x, -1), x.float()), device, min_run_time)
-    results = [Result(str(device.type), "softmax", shape, label, "torch.softmax", base_ms, bytes_moved / base_ms / 1e6,
-                      1.0, float("nan"), b20, b80)]  # fmt: skip
-    for name in _backends_for(device):
-        with use_backend(name):
-            p20, ms, p80 = _timer(lambda: (softmax(x, -1), x.float()), device, min_run_time)
-        results.append(Result(str(device.type), "softmax", shape, label, impl_label(name), ms, bytes_moved / ms / 1e6,
-                              base_ms / ms, float("nan"), p20, p80))  # fmt: skip
-    return results
+    return _compare(f"{x.shape[0]}x{x.shape[1]}", "float16->float16, then x.float()",
+                    lambda: (torch.softmax(x, -1), x.float()), lambda: (softmax(x, -1), x.float()),
+                    x.numel() * 2 * x.element_size(), device, min_run_time)  # fmt: skip
+
+
+def _causal_bench(x: torch.Tensor, device: torch.device, min_run_time: float) -> list[Result]:
+    """Attention rows under a causal mask (``-inf`` above the diagonal of each ``cols x cols`` block of rows), as
+    eager attention computes them: most vectors then hold masked entries, whose exponentials are 0."""
+    rows, cols = x.shape
+    q = torch.arange(rows, device=device)[:, None] % cols
+    masked = x.masked_fill(torch.arange(cols, device=device)[None, :] > q, -float("inf"))
+    return _compare(f"{rows}x{cols}", "float16->float16, causal mask", lambda: torch.softmax(masked, -1),
+                    lambda: softmax(masked, -1), masked.numel() * 2 * masked.element_size(), device,
+                    min_run_time)  # fmt: skip
 
 
 def _torch_temperature_sampling(x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -253,9 +274,15 @@ def run_sampling_bench(
     for rows, cols in shapes or SAMPLING_SHAPES:
         x = torch.randn(rows, cols, device=device).mul_(4).half()
         probs = torch.softmax(x.float(), -1)
+        # constrained decoding (a grammar or JSON schema): 90% of the vocabulary masked with -inf
+        allowed = torch.rand(rows, cols, generator=torch.Generator().manual_seed(0)).to(device) < 0.1
+        constrained = x.masked_fill(~allowed, -float("inf"))
         cases = [
             ("temperature 0.7", lambda x=x: _torch_temperature_sampling(x, 0.7), "torch softmax+multinomial",
              lambda x=x: sample_from_logits(x, temperature=0.7, validate=False), x),
+            ("temperature 0.7, 90% -inf", lambda x=constrained: _torch_temperature_sampling(x, 0.7),
+             "torch softmax+multinomial", lambda x=constrained: sample_from_logits(x, temperature=0.7, validate=False),
+             constrained),
             ("top_k 50 top_p 0.9", lambda x=x: _transformers_top_k_top_p(x, 0.7, 50, 0.9), "transformers pipeline",
              lambda x=x: sample_from_logits(x, temperature=0.7, top_k=50, top_p=0.9, validate=False), x),
             ("multinomial", lambda p=probs: torch.multinomial(p, 1), "torch.multinomial",
