@@ -294,7 +294,6 @@ std::int64_t short_rows_k(const void* xv, std::int64_t xs, std::int64_t rows, st
     const VF vc = vset(float(bm));
     if (log) {
       const BlockStat b = log_stats<float, Out>(xr.data, n, bm);
-      leave_isa();  // libm's log next: see leave_isa()
       const double log_s = log_normaliser(b.c, b.d, true);
       const VF vk = vset(float(log_s));
       map_lanes(n, orow, [=](VF v) { return sub(sub(v, vc), vk); }, xr.data);
