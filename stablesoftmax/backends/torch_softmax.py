@@ -85,9 +85,11 @@ def _row_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def _ones_and_rest(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: how many ``e_i`` are exactly 1, and the sum of the others (NaN lands there)."""
-    is_one = e == 1
-    return _row_sum(is_one.to(e.dtype)), _row_sum(e.masked_fill(is_one, 0))
+    """Per row: how many ``e_i`` are exactly 1, and the sum of the others (NaN lands there). ``e = exp(s)``
+    with ``s <= 0``, so ``floor(e)`` is 1 exactly there and 0 elsewhere; ``e`` is consumed (the others' terms
+    are formed in place)."""
+    at_max = torch.floor(e)
+    return _row_sum(at_max), _row_sum(e.sub_(at_max))
 
 
 def _total(ones: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,8 +166,8 @@ def _shift_into(x: torch.Tensor, m: torch.Tensor, buf: torch.Tensor) -> None:
 def _rows_direct(x: torch.Tensor, out: torch.Tensor, log: bool, bufs: list[torch.Tensor]) -> None:
     """Softmax / log_softmax of whole rows in float32 (float64) math of our own: ``bufs`` are two reused
     buffers the shape of ``x`` (``bufs[1]`` only for log_softmax). Sums are ``_row_sum``'s fixed-order block
-    sums; log_softmax's ``log S`` is ``log k + log1p(T / k)`` (``k`` the entries at the max, where
-    ``exp(s)`` is exactly 1, so ``floor(exp(s))`` marks them). NaN rows get NaN through the per-row factor."""
+    sums; log_softmax's ``log S`` is ``_total``'s ``log k + log1p(T / k)``. NaN rows get NaN through the
+    per-row factor (``_shift_into`` leaves their ``s`` meaningless)."""
     acc = bufs[0].dtype
     m = x.amax(dim=1, keepdim=True).to(acc)  # NaN-propagating
     nan_row = torch.isnan(m)
@@ -180,11 +182,7 @@ def _rows_direct(x: torch.Tensor, out: torch.Tensor, log: bool, bufs: list[torch
         else:
             out.copy_(e.div_(total))
         return
-    e = torch.exp(s, out=bufs[1])
-    at_max = torch.floor(e)  # 1 where e == 1, else 0 (e <= 1)
-    ones = _row_sum(at_max)
-    rest = _row_sum(e.sub_(at_max))
-    log_s = torch.where(nan_row, float("nan"), _total(ones, rest)[1])
+    log_s = torch.where(nan_row, float("nan"), _total(*_ones_and_rest(torch.exp(s, out=bufs[1])))[1])
     if out.dtype == acc:
         torch.sub(s, log_s, out=out)
     else:
