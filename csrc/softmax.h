@@ -164,14 +164,61 @@ constexpr std::int64_t kBlock = 512;
 // when S is within rounding of 1. An all -inf block has m = -inf, c = d = 0.
 struct BlockStat { double m, c, d; };
 
-// log S for a row's C >= 1 entries at its max and sum D of the others' exponentials: log C + log1p(D / C), which
-// keeps the relative accuracy of a log S within rounding of 1 (log 1 = 0 exactly: no call for C = 1). For float32
-// accumulation (`narrow`: every output float16 / bfloat16 / float32) where D / C >= 2^-20, log(C + D) in double
-// instead: within ~1e-10 relative (C + D rounds by 2^-53, S >= 1 + 2^-20), far inside float32, for one libm log
-// against a log and a much slower log1p. Every path of one accumulation (short rows, whole rows, split rows,
-// columns) takes the same branch, so they agree bitwise.
+// log x for finite x >= 1, within ~2 ulps, from IEEE operations and explicit fmas only: no branch and no
+// multiply-add left for the compiler to contract, so a loop of them vectorises, and every ISA, lane and
+// translation unit gives the same bits (the ISA units are compiled with -ffp-contract=fast). x = 2^e * m with
+// m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact), s = f / (2 + f): log(1 + f) = 2 atanh(s) = 2s + s * z * Q(z),
+// z = s^2 <= 0.0295, Q the atanh series 2/3 + 2z/5 + ... + 2z^8/19 (truncation below 3e-17 relative); with
+// 2s = f - s * f, that is f - s * (f - z * Q(z)), whose leading term f is exact.
+inline double log_at_least_1(double x) {
+  std::uint64_t bits;
+  std::memcpy(&bits, &x, 8);
+  // the biased exponent as a double, exactly: 2^52 + it, less 2^52
+  const std::uint64_t magic_bits = 0x4330000000000000ull | (bits >> 52);
+  double e;
+  std::memcpy(&e, &magic_bits, 8);
+  e -= 4503599627370496.0 + 1023.0;
+  const std::uint64_t m_bits = (bits & 0x000fffffffffffffull) | 0x3ff0000000000000ull;
+  double m;
+  std::memcpy(&m, &m_bits, 8);
+  const bool high = m > 1.4142135623730951;
+  m = high ? m * 0.5 : m;
+  e = high ? e + 1.0 : e;
+  const double f = m - 1.0, s = f / (2.0 + f), z = s * s;
+  double q = 2.0 / 19;
+  q = std::fma(q, z, 2.0 / 17);
+  q = std::fma(q, z, 2.0 / 15);
+  q = std::fma(q, z, 2.0 / 13);
+  q = std::fma(q, z, 2.0 / 11);
+  q = std::fma(q, z, 2.0 / 9);
+  q = std::fma(q, z, 2.0 / 7);
+  q = std::fma(q, z, 2.0 / 5);
+  q = std::fma(q, z, 2.0 / 3);
+  return std::fma(e, 0.6931471805599453, std::fma(-s, std::fma(-z, q, f), f));
+}
+
+// log S, S = C + D, for float32 accumulation (every output float16 / bfloat16 / float32), from a row's C >= 1
+// entries at its max and the sum D of the others' exponentials. Where D / C >= 2^-20, log(C + D) (C + D rounds
+// by 2^-53, S >= 1 + 2^-20: within ~1e-10 relative, far inside float32); below, log C + log1p(D / C), which
+// keeps the relative accuracy of a log S within rounding of 1, with log1p(t) = t - t^2/2 + t^3/3 (t < 2^-20:
+// within 2^-60 relative). Branch-free (log_at_least_1), so the short-row and column kernels take it for many
+// rows at once (log_normalisers), and every path gives the same bits.
+inline double narrow_log_normaliser(double c, double d) {
+  const bool whole = d >= c * 0x1p-20;
+  const double log_arg = log_at_least_1(whole ? c + d : c);
+  const double t = d / c;
+  const double log1p_t = std::fma(std::fma(t, -1.0 / 3, 0.5), -t, 1.0);  // log1p(t) / t
+  return whole ? log_arg : std::fma(t, log1p_t, log_arg);
+}
+// out[i] = narrow_log_normaliser(c[i], d[i]) for i < n (a loop the compiler vectorises).
+inline void narrow_log_normalisers(const double* c, const double* d, int n, double* out) {
+  for (int i = 0; i < n; ++i) out[i] = narrow_log_normaliser(c[i], d[i]);
+}
+
+// log S for any accumulation: `narrow` as above; float64 accumulation log C + log1p(D / C) with libm, for the
+// SPEC's 1e-12 at the max (log 1 = 0 exactly: no call for C = 1).
 inline double log_normaliser(double c, double d, bool narrow) {
-  if (narrow && d >= c * 0x1p-20) return std::log(c + d);
+  if (narrow) return narrow_log_normaliser(c, d);
   return (c == 1 ? 0.0 : std::log(c)) + std::log1p(d / c);
 }
 

@@ -6,6 +6,7 @@
 //     NaN, only -inf and a dominant entry, along rows and (up to 5000) along columns: against a float64
 //     reference with the SPEC's tolerances (float32 1e-5 relative, 16-bit one ulp of the correctly
 //     rounded reference, the same non-finite pattern) and against the scalar ISA (a few ulps);
+//   - log S, the log_softmax normaliser, against long double;
 //   - backward of both, against float64 and the scalar ISA;
 //   - sampling: greedy (T = 0) exact, lowest index on ties; histograms of 20,000 draws from a 64-entry
 //     row (some entries -inf) chi-square-close to the float64 probabilities for plain T, top-k, top-p,
@@ -442,6 +443,41 @@ std::vector<SampleSpec> sample_specs(const std::vector<float>& row) {
   return specs;
 }
 
+// log S (csrc/softmax.h: log_at_least_1, narrow_log_normaliser), which every float32-accumulated log_softmax path
+// takes, against long double: log x within 1.5 ulp for x in [1, 2^60) and at its edges; log S within 2e-10
+// relative where D / C >= 2^-20 (log(C + D): C + D rounds) and within 4e-16 below (log C + log1p(D / C)).
+void test_log_normaliser() {
+  g_isa = "any";
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  {
+    Check c("log_at_least_1 within 1.5 ulp of logl");
+    std::vector<double> xs = {1.0, std::nextafter(1.0, 2.0), 1.4142135623730951, std::nextafter(1.4142135623730951, 2.0),
+                              2.0, std::nextafter(2.0, 1.0), 3.0, 1e15, 0x1p59};
+    for (int i = 0; i < 200000; ++i) xs.push_back(std::exp2(unit(rng) * 60.0)), xs.push_back(1.0 + unit(rng) * 1e-6);
+    for (double x : xs) {
+      const long double want = logl((long double)x);
+      const double got = ssm::log_at_least_1(x);
+      if (x == 1.0) {
+        if (got != 0.0) c.fail("log 1 = %.17g", got);
+        continue;
+      }
+      const double w = double(want), ulp = std::nextafter(w, kInf) - w;
+      if (!(double(fabsl((long double)got - want)) <= 1.5 * ulp)) c.fail("log %.17g: %.17g, logl %.17Lg", x, got, want);
+    }
+  }
+  {
+    Check c("narrow_log_normaliser: log(C + D), or log C + log1p(D / C) below D / C = 2^-20");
+    for (int i = 0; i < 200000; ++i) {
+      const double count = double(1 + rng() % 8), rest = count * std::exp2(-100.0 * unit(rng)) * (i % 2 ? 1.0 : 300.0);
+      const long double want = logl((long double)count) + log1pl((long double)rest / count);
+      const double got = ssm::narrow_log_normaliser(count, rest);
+      const double tol = rest >= count * 0x1p-20 ? 2e-10 : 4e-16;
+      if (!(double(fabsl((got - want) / want)) <= tol)) c.fail("C %g D %.17g: %.17g, want %.17Lg", count, rest, got, want);
+    }
+  }
+}
+
 std::vector<std::string> isas(int argc, char** argv) {
   std::vector<std::string> out;
   for (const auto& name : ssm::supported_isas()) {
@@ -461,6 +497,7 @@ int main(int argc, char** argv) {
   std::printf("kernel_test: ISAs");
   for (const auto& s : list) std::printf(" %s", s.c_str());
   std::printf("\n");
+  test_log_normaliser();
 
   // ---- forward ----
   const auto fwd = forward_cases();
