@@ -4,8 +4,8 @@
 
 The project's copy of the team's ../shared/tools/aot_sweep.py, kept in step with the kernels: it records
 the top-k / top-p radix-select kernels of triton_sampling (_select_init, _count, _count_select,
-_mass_select) and triton_shard's _hist_kernel, which top-p shares, in place of the bisection kernel the
-shared tool still names.
+_mass_select) and triton_shard's _mass_round_kernel (top-p's mass rounds), in place of the bisection kernel
+the shared tool still names.
 
 Drives the project's own launch wrappers (softmax_forward / softmax_backward / sample_rows /
 sample_probs) with meta tensors, with every @triton.jit kernel replaced by a recorder, so
@@ -168,7 +168,7 @@ def sampling_launches(repo, full, quick, wide=False):
     for _n in ("COUNT_BLOCK", "COUNT_CHUNK", "MASS_BLOCK", "MASS_CHUNK"):
         setattr(T, f"_{_n}_INTERP", getattr(T, f"_{_n}_GPU"))
     if quick:
-        shapes, nset = [(1, 152064), (64, 152064)], (1, 4)
+        shapes, nset = [(1, 152064), (64, 152064), (1, 2**20)], (1, 4)  # 2^20: top-p's select steps as kernels
     elif full:
         rowset = (1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
         colset = (8, 16, 100, 1000, 4096, 32000, 32001, 50257, 128256, 152064, 262144)
@@ -178,7 +178,7 @@ def sampling_launches(repo, full, quick, wide=False):
                   (1, 262144), (4096, 1000), (1, 8), (4096, 8)]
         nset = (1, 4, 256)
     else:  # decode batch 1 and 64 of Qwen's vocabulary, GPT-2's odd one, short rows in bulk
-        shapes = [(1, 152064), (64, 152064), (256, 50257), (4096, 1000)]
+        shapes = [(1, 152064), (64, 152064), (256, 50257), (4096, 1000), (1, 2**20)]
         nset = (1, 4, 256)
     ldtypes = ("float16", "bfloat16", "float32") if (full or wide) else ("float16", "float32") if not quick \
         else ("float16",)
@@ -194,7 +194,7 @@ def sampling_launches(repo, full, quick, wide=False):
     log, out = [], []
     i64 = dict(dtype=torch.int64, device="meta")
     f32 = dict(dtype=torch.float32, device="meta")
-    with recording(T, names, log), recording(H, ["_hist_kernel"], log):
+    with recording(T, names, log), recording(H, ["_mass_round_kernel"], log):
         for rows, cols in shapes:
             if True:
                 seed, rid, off = (torch.empty(rows, **i64) for _ in range(3))
@@ -248,7 +248,7 @@ def grid_probe(arch):
     from stablesoftmax.backends import triton_shard as H
     i64 = dict(dtype=torch.int64, device="meta")
     f32 = dict(dtype=torch.float32, device="meta")
-    with recording(S, names_s, log), recording(T, names_t, log), recording(H, ["_hist_kernel"], log):
+    with recording(S, names_s, log), recording(T, names_t, log), recording(H, ["_mass_round_kernel"], log):
         for rows in (1, 2**16, 2**20, 2**24):
             for cols in (8, 4096, 152064, 2**20, 2**24):
                 x = torch.empty(rows, cols, dtype=torch.float16, device="meta")
@@ -527,7 +527,7 @@ def main():
                 samp = sampling_launches(a.repo, a.full, a.quick, a.wide)
             from stablesoftmax.backends import triton_shard as H
             for r in samp:
-                launches.append((H if r["kernel"] == "_hist_kernel" else T, r, arch))
+                launches.append((H if r["kernel"] == "_mass_round_kernel" else T, r, arch))
     print(f"recorded {len(launches)} launches in {time.time() - t_start:.1f}s")
     probe = grid_probe(archs[0])
     print(f"grid probe (rows up to 2^24, cols up to 2^26, num_samples up to 2^24, sm_{archs[0]} SM count): "

@@ -36,7 +36,7 @@ def sampling_launches(monkeypatch):
     for name in ("_stats_kernel", "_select_init_kernel", "_count_kernel", "_count_select_kernel",
                  "_mass_select_kernel", "_block_kernel", "_draw_kernel"):  # fmt: skip
         monkeypatch.setattr(T, name, _Recorder(name, log))
-    monkeypatch.setattr(H, "_hist_kernel", _Recorder("_hist_kernel", log))
+    monkeypatch.setattr(H, "_mass_round_kernel", _Recorder("_mass_round_kernel", log))
     return log
 
 
@@ -61,17 +61,23 @@ def test_radix_select_tiles_per_thread(sampling_launches, rows, cols):
     by_name = {}
     for name, _, kw in sampling_launches:
         by_name.setdefault(name, []).append(kw)
-    assert len(by_name["_count_kernel"]) == 4 and len(by_name["_hist_kernel"]) == 8  # 8-bit and 4-bit rounds
+    assert len(by_name["_count_kernel"]) == 4 and len(by_name["_mass_round_kernel"]) == 8  # 8-bit and 4-bit rounds
     for kw in by_name["_count_kernel"]:
         assert kw["CH"] <= 2048 and kw["HB"] % kw["CH"] == 0, kw
-    for kw in by_name["_hist_kernel"]:
+    for kw in by_name["_mass_round_kernel"]:
         assert kw["CH"] * (1 << kw["BITS"]) // 128 <= 32 and kw["HB"] % kw["CH"] == 0, kw
-    for kw in by_name["_count_select_kernel"]:
-        assert kw["JB"] * 256 // 128 <= 16, kw
-    for kw in by_name["_mass_select_kernel"]:
+    for kw in by_name["_mass_select_kernel"] + by_name["_mass_round_kernel"]:
         assert kw["JB"] * (1 << kw["BITS"]) // 128 <= 16, kw
     (kw,) = by_name["_select_init_kernel"]
     assert kw["R"] * kw["NB_P2"] <= 4096 or kw["R"] == 1, kw
+    # launches: stats, set-up, 4 count rounds (counts added atomically, each round's select step in its own
+    # programs), the last top-k step, 8 mass rounds (their steps in the next round's programs where a row has
+    # at most _FUSED_SELECT_BLOCKS mass blocks, else a select kernel between rounds), the last top-p step,
+    # block, draw
+    fused = T._Plan(rows, cols, 1, torch.device("cuda")).nbm <= T._FUSED_SELECT_BLOCKS
+    assert len(by_name["_count_select_kernel"]) == 1
+    assert len(by_name["_mass_select_kernel"]) == (1 if fused else 8)
+    assert len(sampling_launches) == (18 if fused else 25), [name for name, _, _ in sampling_launches]
 
 
 def test_fused_softmax_of_the_longest_fused_row_holds_16_elements_per_thread():

@@ -24,7 +24,7 @@ SAMPLING_KERNELS = (
     "_stats_kernel", "_select_init_kernel", "_count_kernel", "_count_select_kernel", "_mass_select_kernel",
     "_block_kernel", "_draw_kernel",
 )  # fmt: skip
-SHARD_KERNELS = ("_hist_kernel",)  # top-p's mass histograms (triton_shard's, shared with distributed sampling)
+SHARD_KERNELS = ("_hist_kernel", "_mass_round_kernel")  # distributed sampling's histograms, top-p's mass rounds
 FAKE_INDEX = 1  # the device every tensor is reported to live on
 
 
@@ -106,7 +106,7 @@ def test_sampling_from_logits_runs_on_the_inputs_device(launches, gen):
     with_filters = ss.sample_from_logits(x, temperature=0.8, top_k=20, top_p=0.9, min_p=0.01, seed=7)
     assert with_filters.shape == (3, 1)
     ss.sample_from_logits(x, num_samples=4, replacement=False, seed=7)  # the race keys (_block_kernel)
-    _assert_guarded(launches, SAMPLING_KERNELS + SHARD_KERNELS)
+    _assert_guarded(launches, (*SAMPLING_KERNELS, "_mass_round_kernel"))
 
 
 def test_sampling_from_probabilities_runs_on_the_inputs_device(launches, gen):

@@ -108,8 +108,17 @@ def _logits(gen, rows, cols, dtype, scale=3.0):
     return (torch.randn(rows, cols, generator=gen) * scale).to(dtype)
 
 
+@pytest.fixture(params=["fused", "separate"])
+def select_steps(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The top-p rounds with the select step in the next round's programs (few mass blocks a row) or as
+    kernels of their own between rounds (many: forced here by a limit of 0 blocks)."""
+    if request.param == "separate":
+        monkeypatch.setattr(T, "_FUSED_SELECT_BLOCKS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_top_k_and_top_p_on_fresh_rows(dtype, gen):
+def test_top_k_and_top_p_on_fresh_rows(dtype, gen, select_steps):
     rows, cols = 6, 300
     x = _logits(gen, rows, cols, dtype)
     temp = torch.rand(rows, generator=gen) + 0.25
@@ -211,7 +220,7 @@ def test_rows_settled_in_the_first_round(gen):
         _check_tokens(x, temp, k, torch.full((2,), 0.5))
 
 
-def test_threshold_is_batch_invariant(gen):
+def test_threshold_is_batch_invariant(gen, select_steps):
     """A row's threshold does not depend on the other rows of the batch nor on its position."""
     rows, cols = 5, 400
     x = _logits(gen, rows, cols, torch.float16).to(DEVICE)
@@ -219,6 +228,10 @@ def test_threshold_is_batch_invariant(gen):
     k = torch.randint(1, cols, (rows,), generator=gen).to(DEVICE)
     p = torch.rand(rows, generator=gen).clamp_min(0.05).to(DEVICE)
     full = _triton_keep(x, temp, k, p)
+    if select_steps == "separate":  # the same thresholds as with the steps fused
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(T, "_FUSED_SELECT_BLOCKS", 64)
+            assert torch.equal(_triton_keep(x, temp, k, p), full)
     for r in range(rows):
         one = _triton_keep(x[r : r + 1], temp[r : r + 1], k[r : r + 1], p[r : r + 1])
         assert torch.equal(one, full[r : r + 1])

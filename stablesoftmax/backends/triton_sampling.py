@@ -10,23 +10,29 @@ Launch plan for ``sample_rows`` (logits; ``B`` columns per block, ``nb = cdiv(V,
 ``_stats_kernel``      grid (row groups, nb): per block its max (NaN if the block holds a
                        NaN) and the lowest index of that max -> workspace (rows, nb).
 Only with top-k / top-p, the filter threshold (an ordered int32 key, ``keep iff key(z) >= thr``)
-by a radix select (top-k 8 key bits a round, top-p 4), every round one histogram kernel over the GPU and one
-tiny per-row select kernel (per-row state in a device workspace; ``HBC = 8192``, ``HBM = 4096``):
+by a radix select (top-k 8 key bits a round, top-p 4): one histogram kernel a round, whose programs first
+take the previous round's select step themselves (per-row state per round in a device workspace), and one
+tiny per-row kernel for the last step (``HBC = 8192``, ``HBM = 4096``): 15 launches for both filters, 28 before.
 
 ``_select_init_kernel``  grid (cdiv(rows, RI),): per row ``m``, ``T``, and which rows have nothing to
-                         find (filter off, greedy, NaN or empty rows: every later kernel skips them).
-``_count_kernel``        x4, grid (rows, cdiv(V, HBC)): 256-bin ``tl.histogram`` counts of the byte of
-                         ``key(x)`` (``z`` is monotone in ``x``: the k-th largest ``z`` is ``z(x_k)``)
-                         among the entries matching the prefix found so far -> (rows, nbc, 256) int32.
-``_count_select_kernel`` x4, grid (rows,): the partials summed in block order, the bin holding the
-                         remaining rank -> prefix, rank; the last round: ``thr = key(z(x_k))``.
-``triton_shard._hist_kernel`` x8 (4 key bits a round), grid (rows, cdiv(V, HBM)): float64 16-bin masses
-                         of ``key(z)`` of what top-k kept (a (256, 16) compare-and-sum per chunk that
-                         holds a live entry).
-``_mass_select_kernel``  x8, grid (rows,): the same select on masses: the first round's total is the
-                         kept mass (``goal = top_p * total``); the bin where the mass at or above it
-                         reaches the goal -> prefix, mass above; the last round: ``thr``, the smallest
-                         key whose strictly-above mass is ``< goal``.
+                         find (filter off, greedy, NaN or empty rows: every later kernel skips them);
+                         zeroes the count histograms.
+``_count_kernel``        x4, grid (rows, cdiv(V, HBC)): the select step from the previous round's counts
+                         (the bin holding the remaining rank -> prefix, rank), then 256-bin
+                         ``tl.histogram`` counts of the byte of ``key(x)`` (``z`` is monotone in ``x``: the
+                         k-th largest ``z`` is ``z(x_k)``) among the entries matching the prefix, added
+                         atomically into the row's (rows, 256) int32 histogram of the round (integer adds:
+                         the same in any order).
+``_count_select_kernel`` grid (rows,): the last step: ``thr = key(z(x_k))``.
+``triton_shard._mass_round_kernel`` x8 (4 key bits a round), grid (rows, cdiv(V, HBM)): the select step
+                         from the previous round's partial masses (summed in block order, the same in every
+                         program; the first round's total is the kept mass, ``goal = top_p * total``; the
+                         bin where the mass at or above it reaches the goal -> prefix, mass above), then
+                         float64 16-bin masses of ``key(z)`` of what top-k kept (a (256, 16)
+                         compare-and-sum per chunk that holds a live entry) -> (rows, nbm, 16) partials.
+``_mass_select_kernel``  grid (rows,): the last step: ``thr``, the smallest key whose strictly-above mass is
+                         ``< goal``. Where a row has more than ``_FUSED_SELECT_BLOCKS`` mass blocks (each
+                         program would read them all), also every step between rounds.
 ``_block_kernel``      grid (row groups, nb): weights ``w_i`` (shift rule, ``z = s / T``
                        rounded to nearest, ``e = exp z``, filters) -> float64 block sums
                        and the last index with weight; without replacement also the race
@@ -80,6 +86,10 @@ _MASS_BITS = 4
 # partial histograms summed per step of a select kernel (8 x 256: 16 values a thread).
 _INIT_ROWS = 16
 _SELECT_BLOCKS = 8
+# Mass blocks a row up to which each mass round's programs take the previous round's select step themselves
+# (each reads the row's nbm x 16 partials: 8 KB at 64 blocks, V <= 262,144 on a GPU); above, a select kernel
+# runs between rounds (nbm^2 partial reads would outgrow the round).
+_FUSED_SELECT_BLOCKS = 64
 # Key bytes of the radix select, high first.
 _SHIFTS = (24, 16, 8, 0)
 
@@ -213,7 +223,8 @@ def _from_key(key):
 @triton.jit
 def _select_init_kernel(
     ws_max_ptr, nb, n_rows, V, temp_ptr, topk_ptr, topp_ptr, m_ptr, t_ptr, rank_ptr, kprefix_ptr, cut_ptr,
-    pprefix_ptr, thr_ptr, pid0, HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, R: tl.constexpr, NB_P2: tl.constexpr,
+    pprefix_ptr, thr_ptr, chist_ptr, pid0, HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, R: tl.constexpr,
+    NB_P2: tl.constexpr, ROUNDS: tl.constexpr,
 ):  # fmt: skip
     rows = (tl.program_id(0).to(tl.int64) + pid0) * R + tl.arange(0, R)
     rmask = rows < n_rows
@@ -229,33 +240,61 @@ def _select_init_kernel(
         k = tl.load(topk_ptr + rows, mask=rmask, other=0)
         tl.store(rank_ptr + rows, tl.where((k > 0) & (k < V) & ~settled, k, 0), mask=rmask)
         tl.store(kprefix_ptr + rows, tl.zeros([R], tl.int64), mask=rmask)
+        bins = tl.arange(0, 256)
+        for r in tl.static_range(ROUNDS):  # the count rounds' histograms, which they add into
+            tl.store(chist_ptr + (r * n_rows + rows[:, None]) * 256 + bins[None, :], tl.zeros([R, 256], tl.int32),
+                     mask=rmask[:, None])  # fmt: skip
     if HAS_TOPP:  # prefix -1: nothing to find (p = 1, or settled), the mass rounds skip the row
         p = tl.load(topp_ptr + rows, mask=rmask, other=1.0)
         tl.store(pprefix_ptr + rows, tl.where((p < 1.0) & ~settled, 0, -1).to(tl.int64), mask=rmask)
 
 
 @triton.jit
+def _count_step(hist_ptr, hrow, rank, prefix):
+    """One top-k radix step from the 256-bin counts of histogram row ``hrow`` (bin ``b`` of ``key >> shift``):
+    the rank still to find within the bin holding it, and the prefix extended by that bin."""
+    i = tl.arange(0, 256)
+    b, above = _pick_bin(tl.load(hist_ptr + hrow * 256 + (255 - i)), 0, rank.to(tl.int32), 256)
+    return rank - above, (prefix << 8) | b.to(tl.int64)
+
+
+@triton.jit
 def _count_kernel(
-    x_ptr, stride, V, rank_ptr, prefix_ptr, shift, hist_ptr, nbh, pid0, pid1,
-    HAS_PREFIX: tl.constexpr, HB: tl.constexpr, CH: tl.constexpr,
+    x_ptr, stride, V, rank_ptr, prefix_ptr, n_rows, rnd, shift, hist_ptr, pid0, pid1,
+    FIRST: tl.constexpr, HB: tl.constexpr, CH: tl.constexpr,
 ):  # fmt: skip
+    # Round ``rnd`` of the top-k select: state[rnd] (rank, prefix: (rounds, rows) each) is round 0's from the
+    # set-up kernel; a later round's every program first takes the select step from state[rnd - 1] and the
+    # previous round's counts (the first program stores it), so no select kernel runs between rounds.
     # Counts on the order key of x itself: z = div_rn(shift(x, m), T) does not decrease with x, so the
-    # k-th largest z is z(the k-th largest x), and no m, T or division is needed here.
+    # k-th largest z is z(the k-th largest x), and no m, T or division is needed here. The block's counts are
+    # added into the row's (rounds, rows, 256) histogram atomically: integer adds, the same in any order.
     row = tl.program_id(0).to(tl.int64) + pid0
     part = tl.program_id(1) + pid1
-    acc = tl.zeros([256], tl.int32)
-    if tl.load(rank_ptr + row) > 0:  # top-k on for this row
+    if FIRST:
+        rank = tl.load(rank_ptr + row)
         prefix = tl.load(prefix_ptr + row)
+    else:
+        rank = tl.load(rank_ptr + (rnd - 1) * n_rows + row)
+        prefix = tl.load(prefix_ptr + (rnd - 1) * n_rows + row)
+        if rank > 0:
+            rank, prefix = _count_step(hist_ptr, (rnd - 1) * n_rows + row, rank, prefix)
+        if part == 0:
+            tl.store(rank_ptr + rnd * n_rows + row, rank)
+            tl.store(prefix_ptr + rnd * n_rows + row, prefix)
+    if rank > 0:  # top-k on for this row, the rank not yet found
+        acc = tl.zeros([256], tl.int32)
         for c in range(0, HB, CH):
             offs = part * HB + c + tl.arange(0, CH)
             inside = offs < V
             x = tl.load(x_ptr + row * stride + offs, mask=inside, other=-float("inf")).to(tl.float32)
             key = _key(x).to(tl.int64) + 2147483648  # unsigned order, as the mass rounds' keys
             live = inside
-            if HAS_PREFIX:
+            if not FIRST:
                 live = live & ((key >> (shift + 8)) == prefix)
             acc += _bin_counts(((key >> shift) & 0xFF).to(tl.int32), live)
-    tl.store(hist_ptr + (row * nbh + part) * 256 + tl.arange(0, 256), acc)
+        bins = tl.arange(0, 256)
+        tl.atomic_add(hist_ptr + (rnd * n_rows + row) * 256 + bins, acc, mask=acc != 0)
 
 
 @triton.jit
@@ -288,45 +327,72 @@ def _pick_bin(h, above, goal, NBINS: tl.constexpr):
 
 @triton.jit
 def _count_select_kernel(
-    hist_ptr, nbh, rank_ptr, prefix_ptr, x_m_ptr, t_ptr, cut_ptr, thr_ptr, pid0, LAST: tl.constexpr, JB: tl.constexpr,
+    hist_ptr, rank_ptr, prefix_ptr, n_rows, rnd, x_m_ptr, t_ptr, cut_ptr, thr_ptr, pid0,
 ):  # fmt: skip
+    # The top-k select's last step, from state[rnd] and round rnd's counts: the k-th largest x, then its z
+    # (keep z >= z_k).
     row = tl.program_id(0).to(tl.int64) + pid0
-    rank = tl.load(rank_ptr + row)
+    rank = tl.load(rank_ptr + rnd * n_rows + row)
     if rank > 0:
-        b, above = _pick_bin(_bin_totals(hist_ptr, row, nbh, JB, 256), 0, rank.to(tl.int32), 256)
-        prefix = (tl.load(prefix_ptr + row) << 8) | b.to(tl.int64)
-        tl.store(prefix_ptr + row, prefix)
-        tl.store(rank_ptr + row, rank - above)
-        if LAST:  # the k-th largest x, then its z: keep z >= z_k
-            x_k = _from_key((prefix - 2147483648).to(tl.int32))
-            z_k = _logit_z(x_k, tl.load(x_m_ptr + row), tl.load(t_ptr + row))
-            tl.store(cut_ptr + row, z_k)
-            tl.store(thr_ptr + row, _key(z_k))
+        prefix = tl.load(prefix_ptr + rnd * n_rows + row)
+        _, prefix = _count_step(hist_ptr, rnd * n_rows + row, rank, prefix)
+        x_k = _from_key((prefix - 2147483648).to(tl.int32))
+        z_k = _logit_z(x_k, tl.load(x_m_ptr + row), tl.load(t_ptr + row))
+        tl.store(cut_ptr + row, z_k)
+        tl.store(thr_ptr + row, _key(z_k))
+
+
+@triton.jit
+def _mass_step(hist_ptr, nbh, hrow, prefix, goal, above, FIRST: tl.constexpr, JB: tl.constexpr, BITS: tl.constexpr):
+    """One top-p radix step from the ``(nbh, 2**BITS)`` partial float64 mass histograms of histogram row
+    ``hrow``: the prefix extended by the bin where the mass at or above it reaches ``goal``, the goal, and the
+    mass strictly above that bin. In the first step ``goal`` is top_p and ``above`` 0: every kept entry is live
+    in the first round, so its histogram sums to the kept mass, and the goal is top_p times that."""
+    h = _bin_totals(hist_ptr, hrow, nbh, JB, 1 << BITS)
+    if FIRST:
+        goal = goal * tl.sum(h, axis=0)
+    b, above = _pick_bin(h, above, goal, 1 << BITS)
+    return (prefix << BITS) | b.to(tl.int64), goal, above
+
+
+@triton.jit
+def _mass_advance(hist_ptr, nbh, topp_ptr, prefix_ptr, mass_ptr, n_rows, rnd, row, prefix,
+                  FIRST: tl.constexpr, JB: tl.constexpr, BITS: tl.constexpr):  # fmt: skip
+    """The top-p select's step after mass round ``rnd`` for a row whose state[rnd] prefix is ``prefix`` (>= 0):
+    state[rnd + 1]'s prefix, goal and mass above, from state[rnd] (prefix (rounds, rows) int64; mass
+    (rounds, rows, 2) float64: the goal top_p * kept mass, and the mass above the prefix) and round rnd's
+    partials (buffer rnd % 2)."""
+    at = 2 * (rnd * n_rows + row)
+    if FIRST:
+        goal = tl.load(topp_ptr + row).to(tl.float64)
+        above = 0.0
+    else:
+        goal = tl.load(mass_ptr + at)
+        above = tl.load(mass_ptr + at + 1)
+    return _mass_step(hist_ptr, nbh, (rnd % 2) * n_rows + row, prefix, goal, above, FIRST, JB, BITS)
 
 
 @triton.jit
 def _mass_select_kernel(
-    hist_ptr, nbh, topp_ptr, prefix_ptr, mass_ptr, thr_ptr, pid0, FIRST: tl.constexpr, LAST: tl.constexpr,
-    JB: tl.constexpr, BITS: tl.constexpr,
+    hist_ptr, nbh, topp_ptr, prefix_ptr, mass_ptr, n_rows, rnd, thr_ptr, pid0,
+    FIRST: tl.constexpr, LAST: tl.constexpr, JB: tl.constexpr, BITS: tl.constexpr,
 ):  # fmt: skip
-    # mass_ptr (rows, 2) float64: the goal top_p * kept mass, and the mass above the prefix found so far
+    # The step after round rnd as a kernel of its own: state[rnd + 1]; the last: the smallest key whose
+    # strictly-above mass is < goal (keep key(z) >= it). (Rounds with few blocks take the step in the next
+    # round's programs instead: triton_shard._mass_round_kernel.)
     row = tl.program_id(0).to(tl.int64) + pid0
-    prefix = tl.load(prefix_ptr + row)
+    prefix = tl.load(prefix_ptr + rnd * n_rows + row)
     if prefix >= 0:  # top-p on for this row
-        h = _bin_totals(hist_ptr, row, nbh, JB, 1 << BITS)
-        if FIRST:  # every kept entry is live in the first round: its histogram sums to the kept mass
-            goal = tl.load(topp_ptr + row).to(tl.float64) * tl.sum(h, axis=0)
-            above = 0.0
-        else:
-            goal = tl.load(mass_ptr + 2 * row)
-            above = tl.load(mass_ptr + 2 * row + 1)
-        b, above = _pick_bin(h, above, goal, 1 << BITS)
-        prefix = (prefix << BITS) | b.to(tl.int64)
-        tl.store(prefix_ptr + row, prefix)
-        tl.store(mass_ptr + 2 * row, goal)
-        tl.store(mass_ptr + 2 * row + 1, above)
-        if LAST:  # the smallest key whose strictly-above mass is < goal: keep key(z) >= it
+        prefix, goal, above = _mass_advance(hist_ptr, nbh, topp_ptr, prefix_ptr, mass_ptr, n_rows, rnd, row, prefix,
+                                            FIRST, JB, BITS)  # fmt: skip
+        if LAST:
             tl.store(thr_ptr + row, (prefix - 2147483648).to(tl.int32))
+        else:
+            at = 2 * ((rnd + 1) * n_rows + row)
+            tl.store(mass_ptr + at, goal)
+            tl.store(mass_ptr + at + 1, above)
+    if not LAST:
+        tl.store(prefix_ptr + (rnd + 1) * n_rows + row, prefix)
 
 
 @triton.jit
@@ -512,6 +578,18 @@ def _race_select(keys: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, to
     return idx
 
 
+def _mass_select(hist, plan, topp, pprefix, mass, rnd, thr, jb) -> None:
+    """The top-p select's step after mass round ``rnd`` as a kernel of its own (the last step, or every step
+    of rows with more than ``_FUSED_SELECT_BLOCKS`` mass blocks)."""
+    rows = pprefix.shape[1]
+    last = rnd == pprefix.shape[0] - 1
+    for grid, (pid0,) in grid_pieces((rows,)):
+        _mass_select_kernel[grid](
+            hist, plan.nbm, topp, pprefix, mass, rows, rnd, thr, pid0,
+            FIRST=rnd == 0, LAST=last, JB=jb, BITS=_MASS_BITS,
+        )  # fmt: skip
+
+
 def _radix_threshold(
     logits: torch.Tensor,
     ws_max: torch.Tensor,
@@ -525,9 +603,11 @@ def _radix_threshold(
     Top-k: the k-th largest ``x`` by a radix select on its key, 8 bits a round (count histograms),
     then ``thr = key(z(x_k))``. Top-p: the smallest key whose strictly-above mass is ``< top_p``
     times the kept mass, by a radix select on ``key(z)``, 4 bits a round, over float64 mass histograms of what
-    top-k kept (the first round's histogram sums to the kept mass). Each round: a histogram kernel
-    over (rows, blocks) writing per-block partials, then a per-row select kernel that sums them in
-    block order and updates the row's state on the device. Rows with a filter off skip its rounds.
+    top-k kept (the first round's histogram sums to the kept mass). Each round: one histogram kernel
+    over (rows, blocks) whose programs first take the previous round's select step (the same state in
+    every program: top-k's counts are added atomically, top-p's per-block partials summed in block order;
+    the first program stores it); a per-row kernel takes the last step. Rows with a filter off skip its
+    rounds.
     """
     from . import triton_shard as _shard  # (here: it imports this module's device helpers)
 
@@ -538,43 +618,45 @@ def _radix_threshold(
     tdiv = torch.empty_like(m)
     cut = torch.empty_like(m)
     thr = torch.empty(rows, dtype=torch.int32, device=device)
-    state = torch.empty((3, rows), dtype=torch.int64, device=device)  # rank, top-k prefix, top-p prefix
-    rank, kprefix, pprefix = state[0], state[1], state[2]
+    rounds_k, rounds_p = len(_SHIFTS), 32 // _MASS_BITS
+    # per-round state: top-k rank and prefix, (rounds, rows) each; top-p prefix; top-p goal and mass above
+    kstate = torch.empty((2, rounds_k, rows) if top_k is not None else (2, 1, rows), dtype=torch.int64, device=device)
+    pprefix = torch.empty((rounds_p if top_p is not None else 1, rows), dtype=torch.int64, device=device)
+    rank, kprefix = kstate[0], kstate[1]
+    # the count rounds' histograms, zeroed by the set-up kernel (each round adds into its own)
+    chist = torch.empty((rounds_k, rows, 256) if top_k is not None else (1,), dtype=torch.int32, device=device)
     topk_arg = top_k.contiguous() if top_k is not None else temperature
     topp_arg = top_p.contiguous() if top_p is not None else temperature
     for grid, (pid0,) in grid_pieces((triton.cdiv(rows, plan.RI),)):
         _select_init_kernel[grid](
             ws_max, plan.nb, rows, cols, temperature, topk_arg, topp_arg, m, tdiv, rank, kprefix, cut, pprefix, thr,
-            pid0, HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None, R=plan.RI, NB_P2=plan.NB_P2,
+            chist, pid0, HAS_TOPK=top_k is not None, HAS_TOPP=top_p is not None, R=plan.RI, NB_P2=plan.NB_P2,
+            ROUNDS=rounds_k,
         )  # fmt: skip
     if top_k is not None:
-        hist = torch.empty((rows, plan.nbc, 256), dtype=torch.int32, device=device)
-        for shift in _SHIFTS:
+        for rnd, shift in enumerate(_SHIFTS):
             for grid, (pid0, pid1) in grid_pieces((rows, plan.nbc)):
                 _count_kernel[grid](
-                    logits, stride, cols, rank, kprefix, shift, hist, plan.nbc, pid0, pid1,
-                    HAS_PREFIX=shift < 24, HB=plan.HBC, CH=plan.CHC,
+                    logits, stride, cols, rank, kprefix, rows, rnd, shift, chist, pid0, pid1,
+                    FIRST=rnd == 0, HB=plan.HBC, CH=plan.CHC,
                 )  # fmt: skip
-            for grid, (pid0,) in grid_pieces((rows,)):
-                _count_select_kernel[grid](
-                    hist, plan.nbc, rank, kprefix, m, tdiv, cut, thr, pid0, LAST=shift == 0, JB=_SELECT_BLOCKS,
-                )  # fmt: skip
+        for grid, (pid0,) in grid_pieces((rows,)):
+            _count_select_kernel[grid](chist, rank, kprefix, rows, rounds_k - 1, m, tdiv, cut, thr, pid0)
     if top_p is not None:
-        hist = torch.empty((rows, plan.nbm, 1 << _MASS_BITS), dtype=torch.float64, device=device)
-        mass = torch.empty((rows, 2), dtype=torch.float64, device=device)
-        top = 32 - _MASS_BITS
-        for shift in range(top, -1, -_MASS_BITS):
+        hist = torch.empty((2, rows, plan.nbm, 1 << _MASS_BITS), dtype=torch.float64, device=device)
+        mass = torch.empty((rounds_p, rows, 2), dtype=torch.float64, device=device)
+        jb = _SELECT_BLOCKS * 256 >> _MASS_BITS
+        fused = plan.nbm <= _FUSED_SELECT_BLOCKS
+        for rnd in range(rounds_p):
+            if rnd > 0 and not fused:
+                _mass_select(hist, plan, topp_arg, pprefix, mass, rnd - 1, thr, jb)
             for grid, (pid0, pid1) in grid_pieces((rows, plan.nbm)):
-                _shard._hist_kernel[grid](
-                    logits, stride, cols, m, tdiv, cut, pprefix, shift, hist, plan.nbm, pid0, pid1,
-                    HAS_CUT=top_k is not None, COUNTS=False, HAS_PREFIX=shift < top, HB=plan.HBM, CH=plan.CHM,
-                    BITS=_MASS_BITS,
+                _shard._mass_round_kernel[grid](
+                    logits, stride, cols, m, tdiv, cut, topp_arg, pprefix, mass, rows, rnd,
+                    32 - _MASS_BITS * (rnd + 1), hist, plan.nbm, pid0, pid1, HAS_CUT=top_k is not None,
+                    FIRST=rnd == 0, SECOND=rnd == 1, FUSED=fused, HB=plan.HBM, CH=plan.CHM, JB=jb, BITS=_MASS_BITS,
                 )  # fmt: skip
-            for grid, (pid0,) in grid_pieces((rows,)):
-                _mass_select_kernel[grid](
-                    hist, plan.nbm, topp_arg, pprefix, mass, thr, pid0, FIRST=shift == top, LAST=shift == 0,
-                    JB=_SELECT_BLOCKS * 256 >> _MASS_BITS, BITS=_MASS_BITS,
-                )  # fmt: skip
+        _mass_select(hist, plan, topp_arg, pprefix, mass, rounds_p - 1, thr, jb)
     return thr
 
 

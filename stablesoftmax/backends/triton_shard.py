@@ -42,7 +42,7 @@ import triton.language as tl
 from . import torch_shard
 from .torch_shard import z_of
 from .triton_launch import grid_pieces, launch_guard
-from .triton_sampling import _key, _stream
+from .triton_sampling import _key, _mass_advance, _stream
 
 __all__ = ["histogram", "kept_mass", "race", "search", "top_values", "z_of"]
 
@@ -161,16 +161,14 @@ def _search_kernel(
 
 
 @triton.jit
-def _hist_kernel(
-    x_ptr, stride, cols, m_ptr, t_ptr, cut_ptr, prefix_ptr, shift, hist_ptr, nb, pid0, pid1,
+def _block_histogram(
+    x_ptr, stride, cols, row, part, m, t, cut, prefix, shift,
     HAS_CUT: tl.constexpr, COUNTS: tl.constexpr, HAS_PREFIX: tl.constexpr, HB: tl.constexpr, CH: tl.constexpr,
-    BITS: tl.constexpr = 8,
+    BITS: tl.constexpr,
 ):  # fmt: skip
-    # BITS key bits a round (2**BITS bins): 8 for the distributed sampler, 4 for the sampler's top-p rounds
-    row = tl.program_id(0).to(tl.int64) + pid0
-    part = tl.program_id(1) + pid1
-    m, t, cut, _ = _params(row, m_ptr, t_ptr, cut_ptr, m_ptr, HAS_CUT, False)
-    prefix = tl.load(prefix_ptr + row)  # a negative prefix: the row is settled (the sampler's radix select)
+    """The 2**BITS-bin float64 histogram (masses, or counts with COUNTS) of ``(key >> shift)`` over the live
+    entries of block ``part`` of a row: those whose key matches ``prefix`` above the bin's bits (all with
+    HAS_PREFIX off); zeros for a negative prefix (a settled row)."""
     bins = tl.arange(0, 1 << BITS)
     acc = tl.zeros([1 << BITS], tl.float64)
     if prefix >= 0:
@@ -193,7 +191,55 @@ def _hist_kernel(
                 slot = (key >> shift) & ((1 << BITS) - 1)
                 hit = live[:, None] & (slot[:, None] == bins[None, :])
                 acc += tl.sum(tl.where(hit, wt[:, None], 0.0), axis=0)
-    tl.store(hist_ptr + (row * nb + part) * (1 << BITS) + bins, acc)
+    return acc
+
+
+@triton.jit
+def _hist_kernel(
+    x_ptr, stride, cols, m_ptr, t_ptr, cut_ptr, prefix_ptr, shift, hist_ptr, nb, pid0, pid1,
+    HAS_CUT: tl.constexpr, COUNTS: tl.constexpr, HAS_PREFIX: tl.constexpr, HB: tl.constexpr, CH: tl.constexpr,
+    BITS: tl.constexpr = 8,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64) + pid0
+    part = tl.program_id(1) + pid1
+    m, t, cut, _ = _params(row, m_ptr, t_ptr, cut_ptr, m_ptr, HAS_CUT, False)
+    prefix = tl.load(prefix_ptr + row)
+    acc = _block_histogram(x_ptr, stride, cols, row, part, m, t, cut, prefix, shift, HAS_CUT, COUNTS, HAS_PREFIX,
+                           HB, CH, BITS)  # fmt: skip
+    tl.store(hist_ptr + (row * nb + part) * (1 << BITS) + tl.arange(0, 1 << BITS), acc)
+
+
+@triton.jit
+def _mass_round_kernel(
+    x_ptr, stride, cols, m_ptr, t_ptr, cut_ptr, topp_ptr, prefix_ptr, mass_ptr, n_rows, rnd, shift, hist_ptr, nb,
+    pid0, pid1, HAS_CUT: tl.constexpr, FIRST: tl.constexpr, SECOND: tl.constexpr, FUSED: tl.constexpr,
+    HB: tl.constexpr, CH: tl.constexpr, JB: tl.constexpr, BITS: tl.constexpr,
+):  # fmt: skip
+    # Mass round ``rnd`` of triton_sampling's top-p select (4 key bits a round) on the prefix of state[rnd]
+    # (negative: the row is settled); partials (2, rows, nb, 2**BITS), round rnd's at rnd % 2. With FUSED
+    # (few blocks a row), every program first takes the previous round's select step itself
+    # (triton_sampling._mass_advance: the partials summed in block order, the same in every program; the first
+    # program stores state[rnd]), so no select kernel runs between rounds; else a select kernel ran before.
+    row = tl.program_id(0).to(tl.int64) + pid0
+    part = tl.program_id(1) + pid1
+    if FIRST or not FUSED:
+        prefix = tl.load(prefix_ptr + rnd * n_rows + row)
+    else:
+        prefix = tl.load(prefix_ptr + (rnd - 1) * n_rows + row)
+        if prefix >= 0:
+            prefix, goal, above = _mass_advance(hist_ptr, nb, topp_ptr, prefix_ptr, mass_ptr, n_rows, rnd - 1, row,
+                                                prefix, SECOND, JB, BITS)  # fmt: skip
+            if part == 0:
+                at = 2 * (rnd * n_rows + row)
+                tl.store(mass_ptr + at, goal)
+                tl.store(mass_ptr + at + 1, above)
+        if part == 0:
+            tl.store(prefix_ptr + rnd * n_rows + row, prefix)
+    m, t, cut, _ = _params(row, m_ptr, t_ptr, cut_ptr, m_ptr, HAS_CUT, False)
+    acc = _block_histogram(x_ptr, stride, cols, row, part, m, t, cut, prefix, shift, HAS_CUT, False, not FIRST,
+                           HB, CH, BITS)  # fmt: skip
+    nbins: tl.constexpr = 1 << BITS
+    tl.store(hist_ptr + (((rnd % 2) * n_rows + row) * nb + part) * nbins + tl.arange(0, nbins), acc)
 
 
 @triton.jit
