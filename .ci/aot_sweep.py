@@ -496,6 +496,7 @@ def main():
     ap.add_argument("--sass-archs", default="90", help="targets whose SASS is disassembled for the SASS/elt column "
                     "(cuobjdump -sass doubles a compile's cost); '' for none, 'all' for every target")
     ap.add_argument("--dry-run", action="store_true", help="count the distinct compiles, compile nothing")
+    ap.add_argument("--kernels", default="", help="comma-separated kernel names: compile only these (default: all)")
     a = ap.parse_args()
     sys.path.insert(0, a.repo)
     # a throw-away Triton cache (every compile is forced, and a default sweep writes ~1.3 GB there)
@@ -528,6 +529,9 @@ def main():
             from stablesoftmax.backends import triton_shard as H
             for r in samp:
                 launches.append((H if r["kernel"] == "_mass_round_kernel" else T, r, arch))
+    if a.kernels:
+        keep = set(a.kernels.split(","))
+        launches = [x for x in launches if x[1]["kernel"] in keep]
     print(f"recorded {len(launches)} launches in {time.time() - t_start:.1f}s")
     probe = grid_probe(archs[0])
     print(f"grid probe (rows up to 2^24, cols up to 2^26, num_samples up to 2^24, sm_{archs[0]} SM count): "

@@ -129,6 +129,25 @@ def _stream(seed, row_id, offset, c0):
 
 
 @triton.jit
+def _words_of(seed, row_id, offset, cols):
+    """Stream words of columns ``cols`` (an int tensor): column c takes word c % 4 of counter c // 4.
+    One Philox per entry: for column ranges that do not start on a multiple of 4."""
+    r0, r1, r2, r3 = _stream(seed, row_id, offset, (cols >> 2).to(tl.uint32))
+    word = cols & 3
+    return tl.where(word == 0, r0, tl.where(word == 1, r1, tl.where(word == 2, r2, r3)))
+
+
+@triton.jit
+def _column_words(seed, row_id, offset, first, R: tl.constexpr, B: tl.constexpr):
+    """(R, B) stream words of columns ``first + [0, B)``, ``first`` a multiple of 4 and ``B`` a power of
+    two from 4 on: one Philox per 4 columns (the words of :func:`_words_of`), interleaved into column
+    order by two joins and a reshape."""
+    q = (first >> 2) + tl.arange(0, B // 4)
+    r0, r1, r2, r3 = _stream(seed, row_id, offset, (tl.zeros([R, B // 4], q.dtype) + q[None, :]).to(tl.uint32))
+    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [R, B])
+
+
+@triton.jit
 def _shift(x, m):
     """``s = x - m`` under the softmax shift rule; ``m`` broadcasts against ``x``."""
     inf = float("inf")
@@ -436,10 +455,10 @@ def _block_kernel(
         seed = tl.load(seed_ptr + rows, mask=rmask, other=0)[:, None]
         rid = tl.load(rowid_ptr + rows, mask=rmask, other=0)[:, None]
         off = tl.load(off_ptr + rows, mask=rmask, other=0)[:, None]
-        c0 = (tl.zeros([R, B], tl.int32) + cols[None, :] // 4).to(tl.uint32)
-        r0, r1, r2, r3 = _stream(seed, rid, off, c0)
-        word = cols[None, :] % 4
-        bits = tl.where(word == 0, r0, tl.where(word == 1, r1, tl.where(word == 2, r2, r3)))
+        if B >= 4:
+            bits = _column_words(seed, rid, off, part * B, R, B)
+        else:
+            bits = _words_of(seed, rid, off, tl.zeros([R, B], tl.int32) + cols[None, :])
         u = ((bits >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2**-23: exact, in (0, 1)
         log_e = tl.log(-tl.log(u))
         key = tl.where(positive, log_w - log_e.to(log_w.dtype), -float("inf"))
@@ -553,7 +572,18 @@ class _Plan:
         self.CHM = min(mass_chunk, self.HBM)
         self.nbm = triton.cdiv(cols, self.HBM)
         self.RI = max(1, min(_INIT_ROWS, 4096 // self.NB_P2))
-        self.SB = max(1, min(_next_pow2(num_samples), tile // max(self.B, self.NB_P2)))
+        # The race's block kernel (Philox words, two logs an entry) and the draw kernel (float64 prefix sums
+        # of (SB, B) and (SB, NB_P2)) need about twice a plain block's registers: 16 entries a thread, not 32
+        # (at 32, ptxas spilled up to 268 bytes). The race takes 8 warps for a full tile, the draw half a tile.
+        self.race_warps = 8 if self.R * self.B >= _TILE_GPU else 4
+        self.SB = max(1, min(_next_pow2(num_samples), tile // 2 // max(self.B, self.NB_P2)))
+
+
+def _launch_shape(num_warps: int) -> dict[str, int]:
+    """Warps and register cap of a block or draw kernel launch. The cap, 255, limits nothing (it is the
+    most a thread can have) but ptxas's own choice: without it, ptxas chose as few as 64 registers on
+    sm_80 / sm_100 and spilled 4-36 bytes; given it, it takes what it needs (100-200) and spills nothing."""
+    return {"num_warps": num_warps, "maxnreg": 255}
 
 
 def _workspace(rows: int, plan: _Plan, device: torch.device, stats: bool):
@@ -715,6 +745,7 @@ def sample_rows(
                 seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else ws["sum"], pid0, pid1,
                 IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
                 RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
+                **_launch_shape(4 if replacement else plan.race_warps),
             )  # fmt: skip
         if replacement:
             lp = logprobs if logprobs is not None else tokens
@@ -723,7 +754,7 @@ def sample_rows(
                     logits, stride, cols, num_samples, ws["max"], ws["arg"], ws["sum"], ws["last"], plan.nb,
                     temperature, thr_arg, minp, seed, row_id, offset, tokens, lp, pid0, pid1,
                     IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
-                    WANT_LP=logprobs is not None, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+                    WANT_LP=logprobs is not None, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2, **_launch_shape(4),
                 )  # fmt: skip
             return
         # without replacement: the race's n largest keys, then the row rules (sync-free torch ops)
@@ -777,6 +808,7 @@ def sample_probs(
                 seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else dummy, pid0, pid1,
                 IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
                 RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
+                **_launch_shape(4 if replacement else plan.race_warps),
             )  # fmt: skip
         if replacement:
             for grid, (pid0, pid1) in grid_pieces((rows, triton.cdiv(num_samples, plan.SB))):
@@ -784,7 +816,7 @@ def sample_probs(
                     probs, stride, cols, num_samples, dummy, dummy, ws["sum"], ws["last"], plan.nb,
                     dummy, dummy, dummy, seed, row_id, offset, tokens, tokens, pid0, pid1,
                     IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
-                    WANT_LP=False, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2,
+                    WANT_LP=False, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2, **_launch_shape(4),
                 )  # fmt: skip
             return
         assert keys is not None

@@ -42,7 +42,7 @@ import triton.language as tl
 from . import torch_shard
 from .torch_shard import z_of
 from .triton_launch import grid_pieces, launch_guard
-from .triton_sampling import _key, _mass_advance, _stream
+from .triton_sampling import _column_words, _key, _mass_advance, _words_of
 
 __all__ = ["histogram", "kept_mass", "race", "search", "top_values", "z_of"]
 
@@ -263,12 +263,14 @@ def _race_kernel(
     x = tl.load(x_ptr + row * stride + offs, mask=msk, other=-float("inf")).to(tl.float32)
     m, t, cut, minp = _params(row, m_ptr, t_ptr, cut_ptr, minp_ptr, HAS_CUT, HAS_MINP)
     z, w = _weights(x, m, t, cut, minp, HAS_CUT, HAS_MINP)
-    # global column g reads word g % 4 of Philox counter g // 4, as in the single-device race
-    g = tl.load(col0_ptr) + offs
-    r0, r1, r2, r3 = _stream(tl.load(seed_ptr + row), tl.load(rowid_ptr + row), tl.load(off_ptr + row),
-                             (g >> 2).to(tl.uint32))  # fmt: skip
-    word = g & 3
-    bits = tl.where(word == 0, r0, tl.where(word == 1, r1, tl.where(word == 2, r2, r3)))
+    # global column g reads word g % 4 of Philox counter g // 4, as in the single-device race: one Philox
+    # per 4 columns where the block starts on a multiple of 4 (every block, when the shard does)
+    first = tl.load(col0_ptr) + (tl.program_id(1) + pid1) * B
+    seed, rid, off = tl.load(seed_ptr + row), tl.load(rowid_ptr + row), tl.load(off_ptr + row)
+    if first % 4 == 0:
+        bits = tl.reshape(_column_words(seed, rid, off, first, 1, B), [B])
+    else:
+        bits = _words_of(seed, rid, off, first + tl.arange(0, B))
     u = ((bits >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2**-23: exact, in (0, 1)
     key = tl.where(w > 0.0, z - tl.log(-tl.log(u)), -float("inf"))
     tl.store(key_ptr + row * cols + offs, key, mask=msk)
