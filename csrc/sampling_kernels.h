@@ -303,28 +303,79 @@ struct Filters {
   float top_p = 1, min_p = 0;
 };
 
+// The order of candidates by decreasing z, ties by increasing index: the order top-p walks. `order` gets
+// positions into c (sorted by index), by a stable LSD radix sort of (z key, position) pairs, 11-bit digits,
+// a digit all keys share skipped: O(C), where the comparison sort cost ~60 ns a candidate (a top-p 0.95
+// row of 152,064 random logits keeps ~4,000). -0.0 counts as +0.0, as in the comparisons.
+inline void order_by_z(const ScratchVec<Cand<float>>& c, ScratchVec<std::uint64_t>& order,
+                       ScratchVec<std::uint64_t>& tmp) {
+  const std::size_t n = c.size();
+  order.resize(n);
+  tmp.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const float z = c[i].z == 0 ? 0.0f : c[i].z;
+    u32 b;
+    std::memcpy(&b, &z, sizeof b);
+    const u32 ascending = (b & 0x80000000u) ? ~b : (b | 0x80000000u);  // unsigned order == float order
+    order[i] = (std::uint64_t(~ascending) << 32) | std::uint64_t(i);
+  }
+  for (int shift = 32; shift < 64; shift += 11) {
+    std::size_t count[2048] = {0};
+    for (std::size_t i = 0; i < n; ++i) ++count[(order[i] >> shift) & 2047];
+    if (count[(order[0] >> shift) & 2047] == n) continue;
+    std::size_t at = 0;
+    for (auto& k : count) at += std::exchange(k, at);
+    for (std::size_t i = 0; i < n; ++i) tmp[count[(order[i] >> shift) & 2047]++] = order[i];
+    order.swap(tmp);
+  }
+}
+
+// How many candidates top-p keeps, walking c in `at(i)` order (decreasing z, ties by increasing index): whole
+// groups of equal z, while the mass above them is below lim (that mass summed in the walk's order).
+template <class Acc, class At> std::size_t top_p_kept(const ScratchVec<Cand<Acc>>& c, double lim, At at) {
+  double above = 0;
+  std::size_t i = 0;
+  while (i < c.size()) {
+    if (!(above < lim)) break;
+    std::size_t j = i;
+    const Acc z = c[at(i)].z;
+    while (j < c.size() && c[at(j)].z == z) above += double(c[at(j++)].e);
+    i = j;
+  }
+  return i;
+}
+
 // top-p then min-p on candidates (a superset of the kept entries whose complement top-p would
 // drop anyway), then the draws. `mass` is the kept mass before top-p.
 template <class Acc>
 void finish(ScratchVec<Cand<Acc>>& c, double mass, const Filters& f, Rng& rng, bool replacement, const RowOut& out) {
-  if (f.top_p_on) {
-    std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.z > b.z || (a.z == b.z && a.idx < b.idx); });
+  const auto by_index = [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.idx < b.idx; };
+  // candidate lists are made in index order; the draws below walk that order
+  if (!std::is_sorted(c.begin(), c.end(), by_index)) std::sort(c.begin(), c.end(), by_index);
+  if (f.top_p_on && !c.empty()) {
     const double lim = double(f.top_p) * mass;
-    double above = 0;
-    std::size_t i = 0;
-    while (i < c.size()) {
-      if (!(above < lim)) break;
-      std::size_t j = i;
-      while (j < c.size() && c[j].z == c[i].z) above += double(c[j++].e);
-      i = j;
+    if constexpr (std::is_same<Acc, float>::value) {
+      // the kept groups are those with z >= the last kept z: filtered in place, index order kept
+      thread_local ScratchVec<std::uint64_t> order, tmp;
+      const ReleaseIfLarge release_order{order};
+      const ReleaseIfLarge release_tmp{tmp};
+      order_by_z(c, order, tmp);
+      const std::size_t kept = top_p_kept(c, lim, [&](std::size_t i) { return std::size_t(u32(order[i])); });
+      if (kept == 0) c.clear();
+      else if (kept < c.size()) {
+        const float z_last = c[std::size_t(u32(order[kept - 1]))].z;
+        c.erase(std::remove_if(c.begin(), c.end(), [z_last](const Cand<float>& a) { return !(a.z >= z_last); }), c.end());
+      }
+    } else {
+      std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.z > b.z || (a.z == b.z && a.idx < b.idx); });
+      c.resize(top_p_kept(c, lim, [](std::size_t i) { return i; }));
+      std::sort(c.begin(), c.end(), by_index);
     }
-    c.resize(i);
   }
   if (f.min_p_on) {
     const Acc mp = Acc(f.min_p);
     c.erase(std::remove_if(c.begin(), c.end(), [mp](const Cand<Acc>& a) { return !(a.e >= mp); }), c.end());
   }
-  std::sort(c.begin(), c.end(), [](const Cand<Acc>& a, const Cand<Acc>& b) { return a.idx < b.idx; });
   if (c.empty()) return out.fill_bad();
   thread_local ScratchVec<double> cum;
   const ReleaseIfLarge release_cum{cum};
