@@ -20,8 +20,10 @@ triton = import_or_skip_off_ci("triton", "the Triton kernels")
 
 from stablesoftmax.backends import triton_softmax as S  # noqa: E402
 
-# 20,000 columns: past the fused limit, five chunks of 4,096 with a partial last one.
+# 20,000 columns: past the fused limit, five chunks of 4,096 with a partial last one. 20,001: the same, and each
+# row starts at another offset from a 16-byte boundary (the write pass's head, 128-bit groups and tail differ by row).
 LONG = 20_000
+ODD = 20_001
 SHORT = 1_000  # fused, several rows packed per program
 
 
@@ -52,10 +54,10 @@ def _bits(t):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("log", [False, True])
-@pytest.mark.parametrize("cols", [LONG, SHORT])
+@pytest.mark.parametrize("cols", [LONG, ODD, SHORT])
 def test_row_alone_or_in_a_batch_is_bitwise_the_same(one_sm, gen, dtype, log, cols):
     x = _rows(gen, cols, dtype)
-    if cols == LONG:
+    if cols != SHORT:
         assert S._plan(1, cols, x.device).path == "split"
         assert S._plan(2, cols, x.device).path == "split"
         assert S._plan(7, cols, x.device).path == "looped"
@@ -82,3 +84,40 @@ def test_the_rows_tell_a_different_chunking(gen):
     S.softmax_forward(x, a, False)
     S.softmax_forward(x, c, False, split=1, block_size=plan.block)  # one chunk of the whole row
     assert not torch.equal(_bits(a), _bits(c))
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "log"),
+    [((torch.float16, torch.float16), False), ((torch.float16, torch.float32), True),
+     ((torch.float32, torch.bfloat16), False), ((torch.bfloat16, torch.float32), True)],
+)  # fmt: skip
+@pytest.mark.parametrize("split", [1, 3])
+def test_unaligned_rows_write_the_same_bits_in_128_bit_groups(monkeypatch, gen, dtypes, log, split):
+    """Rows of odd length: the write pass's head / 128-bit groups / tail (every row at another offset from
+    a 16-byte boundary) gives exactly what one access per element gives, on the looped and the split path,
+    for rows with -inf entries, a row of -inf and a row with +inf."""
+    cols = 4099
+    x = _rows(gen, cols, dtypes[0])
+    x[3] = -math.inf
+    got = torch.empty(x.shape, dtype=dtypes[1], device=x.device)
+    want = torch.empty_like(got)
+    assert S._phase_vector(cols, x, got) == 16 // min(t.element_size() for t in (x, got))
+    S.softmax_forward(x, got, log, block_size=1024, split=split)
+    monkeypatch.setattr(S, "_phase_vector", lambda *tensors: 1)
+    S.softmax_forward(x, want, log, block_size=1024, split=split)
+    assert torch.equal(_bits(got), _bits(want))
+    ref = (torch.log_softmax if log else torch.softmax)(x.double(), dim=-1)
+    finite = torch.isfinite(ref)
+    assert torch.allclose(got.double()[finite], ref[finite], rtol=2e-2, atol=1e-6)
+
+
+def test_write_groups_only_where_they_help():
+    """The grouped write runs only where Triton's specialisation cannot vectorise and both tensors can."""
+    aligned = torch.empty(4, 4096, dtype=torch.float16, device=DEVICE)
+    odd = torch.empty(4, 4099, dtype=torch.float16, device=DEVICE)
+    padded = torch.empty(4, 4104, dtype=torch.float16, device=DEVICE)[:, :4099]  # stride 4104 = 0 mod 8
+    assert S._phase_vector(4096, aligned, torch.empty_like(aligned)) == 1  # already 128-bit
+    assert S._phase_vector(4099, odd, torch.empty_like(odd)) == 8
+    assert S._phase_vector(4099, padded, torch.empty(4, 4099, dtype=torch.float16, device=DEVICE)) == 1  # 4104 vs 4099
+    assert S._phase_vector(4099, padded, torch.empty(4, 4104, dtype=torch.float32, device=DEVICE)[:, :4099]) == 8
+    assert S._phase_vector(4099, odd[:, 1:], torch.empty(4, 4098, dtype=torch.float16, device=DEVICE)) == 1  # base

@@ -352,18 +352,50 @@ def _row_normaliser(ws_row, n_split, SPLIT_P2: tl.constexpr):
 
 
 @triton.jit
+def _output_values(x, base, scale, log_s, dst: tl.constexpr, FTZ: tl.constexpr, LOG: tl.constexpr,
+                   ACC_F64: tl.constexpr, NATIVE: tl.constexpr):  # fmt: skip
+    """The outputs of entries ``x`` of a row with a finite or -inf max (``base``: the max, 0 for -inf)."""
+    s = _acc(x, ACC_F64) - base
+    if LOG:  # noqa: SIM108 (constexpr branch)
+        y = s - log_s
+    else:
+        y = _exp(s, FTZ) * scale
+    return _cast_out(y, dst, NATIVE, not LOG)
+
+
+@triton.jit
+def _write_edge(x_row, out_row, begin, end, base, scale, log_s, VEC: tl.constexpr, FTZ: tl.constexpr,
+                LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr):  # fmt: skip
+    """The outputs of columns ``[begin, end)``, fewer than ``VEC``, one access each."""
+    col = begin + tl.arange(0, VEC)
+    mask = col < end
+    x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
+    y = _output_values(x, base, scale, log_s, out_row.dtype.element_ty, FTZ, LOG, ACC_F64, NATIVE)
+    tl.store(out_row + col, y, mask=mask)
+
+
+@triton.jit
 def _write_range(
-    x_row, out_row, begin, end, cols, m, scale, log_s, BACKWARDS: tl.constexpr, BLOCK: tl.constexpr,
-    LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
+    x_ptr, x_off, out_ptr, out_off, begin, end, cols, m, scale, log_s, BACKWARDS: tl.constexpr,
+    BLOCK: tl.constexpr, VEC: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
 ):  # fmt: skip
-    """Write the outputs of columns ``[begin, end)`` of a row (block by block; last block first
-    when ``BACKWARDS``, so that the tail the stats pass read last is still in L2). ``m`` as
-    :func:`_row_normaliser` gives it; the +inf rule runs in its own loop, off the usual path."""
+    """Write the outputs of columns ``[begin, end)`` of the row at ``x_ptr + x_off`` to ``out_ptr + out_off``
+    (block by block; last block first when ``BACKWARDS``, so that the tail the stats pass read last is still
+    in L2). ``m`` as :func:`_row_normaliser` gives it; the +inf rule runs in its own loop, off the usual path.
+
+    ``VEC > 1`` (rows whose length or stride is not a multiple of 16, whose input and output reach a 16-byte
+    boundary at the same column): the columns up to that boundary and past the last whole group of ``VEC``
+    are written apart, fewer than ``VEC`` each, and the groups between with 128-bit accesses; the host
+    checks the alignment of both tensors and the strides' congruence, the kernel is told the offsets'
+    divisibility. An element's output does not depend on which part writes it (no reduction here).
+    """
     lane = tl.arange(0, BLOCK)
-    dst: tl.constexpr = out_row.dtype.element_ty
+    dst: tl.constexpr = out_ptr.dtype.element_ty
     ftz: tl.constexpr = NATIVE and not ACC_F64 and (LOG or dst != tl.bfloat16)
-    n_blocks = tl.cdiv(end - begin, BLOCK)
+    x_row = x_ptr + x_off
+    out_row = out_ptr + out_off
     if m == float("inf"):  # k entries +inf: 1/k (-log k) there, 0 (-inf) elsewhere
+        n_blocks = tl.cdiv(end - begin, BLOCK)
         for i in range(0, n_blocks):
             col = begin + ((n_blocks - 1 - i) if BACKWARDS else i) * BLOCK + lane
             mask = col < cols
@@ -376,22 +408,37 @@ def _write_range(
             tl.store(out_row + col, _cast_out(_acc(y, ACC_F64), dst, NATIVE, False), mask=mask)
     else:
         base = tl.where(m == -float("inf"), 0.0, m)  # a row of -inf: exp(-inf - 0) = 0
-        for i in range(0, n_blocks):
-            col = begin + ((n_blocks - 1 - i) if BACKWARDS else i) * BLOCK + lane
-            mask = col < cols
-            x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
-            s = _acc(x, ACC_F64) - base
-            if LOG:  # noqa: SIM108 (constexpr branch)
-                y = s - log_s
-            else:
-                y = _exp(s, ftz) * scale
-            tl.store(out_row + col, _cast_out(y, dst, NATIVE, not LOG), mask=mask)
+        if VEC > 1:
+            lead = (VEC - (x_off + begin) % VEC) % VEC
+            body = tl.minimum(begin + lead, end)
+            n_body = (end - body) // VEC * VEC
+            _write_edge(x_row, out_row, begin, body, base, scale, log_s, VEC, ftz, LOG, ACC_F64, NATIVE)  # the head
+            _write_edge(x_row, out_row, body + n_body, end, base, scale, log_s, VEC, ftz, LOG, ACC_F64, NATIVE)  # tail
+            x_body = x_ptr + tl.multiple_of(x_off + body, VEC)
+            out_body = out_ptr + tl.multiple_of(out_off + body, VEC)
+            n_vec = tl.multiple_of(n_body, VEC)
+            n_group_blocks = tl.cdiv(n_body, BLOCK)
+            for g in range(0, n_group_blocks):  # (names apart from the other branches': other int types)
+                at = ((n_group_blocks - 1 - g) if BACKWARDS else g) * BLOCK + lane
+                in_body = at < n_vec
+                xg = tl.load(x_body + at, mask=in_body, other=0.0, eviction_policy="evict_first")
+                yg = _output_values(xg, base, scale, log_s, dst, ftz, LOG, ACC_F64, NATIVE)
+                tl.store(out_body + at, yg, mask=in_body)
+        else:
+            n_blocks = tl.cdiv(end - begin, BLOCK)
+            for i in range(0, n_blocks):
+                col = begin + ((n_blocks - 1 - i) if BACKWARDS else i) * BLOCK + lane
+                mask = col < cols
+                x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
+                tl.store(
+                    out_row + col, _output_values(x, base, scale, log_s, dst, ftz, LOG, ACC_F64, NATIVE), mask=mask
+                )
 
 
 @triton.jit
 def _fwd_looped_kernel(
     x_ptr, out_ptr, ws_ptr, cols, x_stride, out_stride, chunk, n_split, pid0,
-    BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK_BLOCKS: tl.constexpr, SPLIT_P2: tl.constexpr, VEC: tl.constexpr, LOG: tl.constexpr,
     ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
@@ -402,7 +449,8 @@ def _fwd_looped_kernel(
         _store_partial(ws_row + part * 4, m, c, d, k)
     tl.debug_barrier()  # the partials stored above, visible to every thread of the program
     m, scale, log_s = _row_normaliser(ws_row, n_split, SPLIT_P2)
-    _write_range(x_row, out_ptr + row * out_stride, 0, cols, cols, m, scale, log_s, True, BLOCK, LOG, ACC_F64, NATIVE)
+    _write_range(x_ptr, row * x_stride, out_ptr, row * out_stride, 0, cols, cols, m, scale, log_s, True, BLOCK, VEC,
+                 LOG, ACC_F64, NATIVE)  # fmt: skip
 
 
 @triton.jit
@@ -419,15 +467,16 @@ def _fwd_split_stats_kernel(
 @triton.jit
 def _fwd_split_write_kernel(
     x_ptr, out_ptr, ws_ptr, cols, x_stride, out_stride, chunk, n_split, pid0, pid1,
-    BLOCK: tl.constexpr, SPLIT_P2: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
+    BLOCK: tl.constexpr, SPLIT_P2: tl.constexpr, VEC: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr,
+    NATIVE: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
     part = tl.program_id(1) + pid1
     m, scale, log_s = _row_normaliser(ws_ptr + row * n_split * 4, n_split, SPLIT_P2)
     begin = part * chunk
     _write_range(
-        x_ptr + row * x_stride, out_ptr + row * out_stride, begin, tl.minimum(begin + chunk, cols), cols,
-        m, scale, log_s, False, BLOCK, LOG, ACC_F64, NATIVE,
+        x_ptr, row * x_stride, out_ptr, row * out_stride, begin, tl.minimum(begin + chunk, cols), cols,
+        m, scale, log_s, False, BLOCK, VEC, LOG, ACC_F64, NATIVE,
     )  # fmt: skip
 
 
@@ -531,6 +580,19 @@ def _vector(cols: int, *tensors: torch.Tensor) -> int:
     its specialisation needs 16-byte aligned data, and a row stride and length divisible by 16."""
     aligned = cols % 16 == 0 and all(t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0 for t in tensors)
     return max(16 // max(t.element_size() for t in tensors), 1) if aligned else 1
+
+
+def _phase_vector(cols: int, x: torch.Tensor, out: torch.Tensor) -> int:
+    """``VEC`` of the write pass (:func:`_write_range`): the elements of a 16-byte group of the narrower of
+    ``x`` and ``out`` where Triton's specialisation cannot vectorise these rows (a length or a row stride not
+    a multiple of 16) but every row's input and output reach a 16-byte boundary at the same column (both
+    tensors 16-byte aligned, row strides congruent modulo the group); else 1 (the write as it was)."""
+    if _vector(cols, x, out) > 1 or cols < 64:
+        return 1
+    vec = 16 // min(x.element_size(), out.element_size())
+    if x.data_ptr() % 16 or out.data_ptr() % 16 or (x.stride(0) - out.stride(0)) % vec:
+        return 1
+    return vec
 
 
 def _fused_warps(elements: int) -> int:
@@ -648,13 +710,14 @@ def softmax_forward(
                 )  # fmt: skip
             return
         ws = torch.empty((rows, plan.split, 4), dtype=torch.float64 if acc_f64 else torch.float32, device=x.device)
+        write_vec = _phase_vector(cols, x, out)
         split_p2 = triton.next_power_of_2(plan.split)
         if plan.path == "looped":
             for grid, (pid0,) in grid_pieces((rows,)):
                 _fwd_looped_kernel[grid](
                     x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split, pid0,
-                    BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, SPLIT_P2=split_p2, LOG=log,
-                    ACC_F64=acc_f64, NATIVE=native, num_warps=plan.num_warps,
+                    BLOCK=plan.block, CHUNK_BLOCKS=plan.chunk // plan.block, SPLIT_P2=split_p2, VEC=write_vec,
+                    LOG=log, ACC_F64=acc_f64, NATIVE=native, num_warps=plan.num_warps,
                     maxnreg=None if acc_f64 else _LOOPED_MAXNREG,
                 )  # fmt: skip
             return
@@ -668,7 +731,7 @@ def softmax_forward(
         for grid, (pid0, pid1) in pieces:
             _fwd_split_write_kernel[grid](
                 x, out, ws, cols, x.stride(0), out.stride(0), plan.chunk, plan.split, pid0, pid1,
-                BLOCK=plan.block, SPLIT_P2=split_p2, LOG=log, ACC_F64=acc_f64, NATIVE=native,
+                BLOCK=plan.block, SPLIT_P2=split_p2, VEC=write_vec, LOG=log, ACC_F64=acc_f64, NATIVE=native,
                 num_warps=max(plan.num_warps, _MIN_WRITE_WARPS),
             )  # fmt: skip
 
