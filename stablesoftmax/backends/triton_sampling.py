@@ -42,8 +42,12 @@ tiny per-row kernel for the last step (``HBC = 8192``, ``HBM = 4096``): 15 launc
                        that block and a float64 ``tl.cumsum`` -> the index; greedy, NaN and
                        empty rows; log-probabilities ``z_i - log S``.
 
-Without replacement the ``n`` largest race keys come from ``torch.topk`` on the key
-workspace (the reference's selection), followed by a few sync-free torch ops.
+Without replacement ``_block_kernel`` keeps each block's ``W`` best race candidates (``W`` the power of
+two from ``min(n, V)``, at most a block), the key and the column packed into one int64 (greedy rows: the
+logit's key, lowest column first on ties): a (rows, nb, W) workspace, never (rows, V) keys (2.5 GB at
+4,096 x 152,064). ``torch.topk`` on it gives the row's ``n`` best in decreasing order (the reference's
+selection: the n best of the row are among its blocks' W best), followed by a few sync-free torch ops on
+(rows, n); greedy rows' top-k is applied there. float64 probabilities keep (rows, V) float64 keys.
 ``sample_probs`` runs ``_block_kernel`` / ``_draw_kernel`` in their probability mode.
 float64 logits are handed to the torch reference (its float64 keys would need a 64-bit
 select; nobody samples float64 logits on a GPU hot path).
@@ -97,6 +101,8 @@ _SHIFTS = (24, 16, 8, 0)
 _MANY_SAMPLES = 256
 
 _KEY_NONE = tl.constexpr(-(2**31))  # a threshold that keeps everything
+_NO_CANDIDATE = tl.constexpr(-(2**63))  # a packed race candidate below every real one
+_HAS_TOPK = tl.constexpr(hasattr(tl, "topk"))
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -177,6 +183,38 @@ def _key(z):
     z = tl.where(z == 0.0, 0.0, z)
     b = z.to(tl.int32, bitcast=True)
     return tl.where(b < 0, b ^ 0x7FFFFFFF, b)
+
+
+@triton.jit
+def _pack(key, cols, live):
+    """int64 race candidates: the ordered int32 ``key`` in the high word and ``2**32 - 1 - col`` in the low
+    one (unique, so ordering them is exact; lowest column first on equal keys), ``_NO_CANDIDATE`` where not
+    ``live``. The inverse is :func:`_unpack`."""
+    packed = (key.to(tl.int64) << 32) | (4294967295 - cols.to(tl.int64))
+    return tl.where(live, packed, _NO_CANDIDATE)
+
+
+@triton.jit
+def _block_top(packed, W: tl.constexpr, B: tl.constexpr):
+    """The ``W`` largest of each row of ``(R, B)`` packed candidates, as ``(R, W)`` (``W`` a power of two
+    ``<= B``; all ``B`` of them, in any order, when ``W == B``), or their ``(R, B)`` descending sort of which
+    the first ``W`` are the ones (where ``tl.topk`` is missing, before Triton 3.4)."""
+    if W == 1:
+        return tl.max(packed, axis=1, keep_dims=True)
+    elif W == B:
+        return packed
+    elif _HAS_TOPK:
+        return tl.topk(packed, W, dim=1)
+    else:
+        return tl.sort(packed, dim=1, descending=True)
+
+
+@triton.jit
+def _store_top(ptr, at, packed, rmask, W: tl.constexpr, B: tl.constexpr):
+    """The ``W`` largest packed candidates of each row of ``(R, B)`` -> ``ptr + at[r] * W + [0, W)``."""
+    top = _block_top(packed, W, B)
+    j = tl.arange(0, top.shape[1])
+    tl.store(ptr + at[:, None] * W + j[None, :], top, mask=rmask[:, None] & (j[None, :] < W))
 
 
 @triton.jit
@@ -419,7 +457,7 @@ def _block_kernel(
     x_ptr, stride, n_rows, V, ws_max_ptr, nb, temp_ptr, thr_ptr, minp_ptr,
     seed_ptr, rowid_ptr, off_ptr, sum_ptr, last_ptr, key_ptr, pid0, pid1,
     IS_PROBS: tl.constexpr, ACC_F64: tl.constexpr, HAS_THR: tl.constexpr, HAS_MINP: tl.constexpr,
-    RACE: tl.constexpr, R: tl.constexpr, B: tl.constexpr, NB_P2: tl.constexpr,
+    RACE: tl.constexpr, W: tl.constexpr, R: tl.constexpr, B: tl.constexpr, NB_P2: tl.constexpr,
 ):  # fmt: skip
     rows = (tl.program_id(0).to(tl.int64) + pid0) * R + tl.arange(0, R)
     rmask = rows < n_rows
@@ -462,7 +500,15 @@ def _block_kernel(
         u = ((bits >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2**-23: exact, in (0, 1)
         log_e = tl.log(-tl.log(u))
         key = tl.where(positive, log_w - log_e.to(log_w.dtype), -float("inf"))
-        tl.store(key_ptr + rows[:, None] * V + cols[None, :], key, mask=msk)
+        if W == 0:  # every key -> (rows, V) (float64 probabilities: no room for the column beside the key)
+            tl.store(key_ptr + rows[:, None] * V + cols[None, :], key, mask=msk)
+        else:  # the block's W best candidates -> (rows, nb, W)
+            packed = _pack(_key(key), cols[None, :], positive)
+            if not IS_PROBS:  # greedy rows: the largest logits of the shift rule's entries (lowest column first)
+                greedy = (t == 0.0)[:, None]
+                live = msk & tl.where(m[:, None] == float("inf"), x == float("inf"), x > -float("inf"))
+                packed = tl.where(greedy, _pack(_key(x), cols[None, :], live), packed)
+            _store_top(key_ptr, out, packed, rmask, W, B)
 
 
 @triton.jit
@@ -597,15 +643,47 @@ def _workspace(rows: int, plan: _Plan, device: torch.device, stats: bool):
     return ws
 
 
-def _race_select(keys: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``n`` largest race keys per row, in decreasing order; ``-1`` where a row runs out."""
-    rows, cols = keys.shape
-    n = min(num_samples, cols)
+def _race_width(num_samples: int, cols: int, plan: _Plan) -> int:
+    """Candidates each block of the race keeps: the next power of two from ``min(n, V)``, at most a block."""
+    return min(_next_pow2(min(num_samples, cols)), plan.B)
+
+
+def _pad(idx: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """``idx`` (rows, n) widened to ``num_samples`` columns with ``-1``."""
+    if idx.shape[1] == num_samples:
+        return idx
+    return torch.cat([idx, idx.new_full((idx.shape[0], num_samples - idx.shape[1]), -1)], dim=1)
+
+
+def _race_select(keys: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """The ``n`` largest race keys per row (a (rows, V) workspace), in decreasing order; ``-1`` where a row
+    runs out."""
+    n = min(num_samples, keys.shape[1])
     vals, idx = torch.topk(keys, n, dim=1)
-    idx = torch.where(vals > -math.inf, idx, -1)
-    if n < num_samples:
-        idx = torch.cat([idx, idx.new_full((rows, num_samples - n), -1)], dim=1)
-    return idx
+    return _pad(torch.where(vals > -math.inf, idx, -1), num_samples)
+
+
+def _race_merge(cand: torch.Tensor, num_samples: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n = min(num_samples, V)`` best of the blocks' packed candidates (rows, nb, W), in decreasing
+    order: ``(packed, column)``, both (rows, n), the column ``-1`` where a row runs out (every candidate of
+    a block is in its W best until the row's n best are)."""
+    rows = cand.shape[0]
+    n = min(num_samples, cols)
+    packed = torch.topk(cand.view(rows, -1), n, dim=1).values
+    col = torch.where(packed > _NO_CANDIDATE.value, 4294967295 - (packed & 4294967295), -1)
+    return packed, col
+
+
+def _greedy_top_k(packed: torch.Tensor, col: torch.Tensor, top_k: torch.Tensor, cols: int) -> torch.Tensor:
+    """Greedy rows' top-k on their n largest logits (``packed`` from :func:`_race_merge`): an entry stays
+    iff it is ``>=`` the k-th largest logit (the reference's ``kth``), which lies in the list when ``k <= n``
+    (a missing one is ``-inf``: fewer than k entries above ``-inf``, nothing is cut) and below it otherwise."""
+    n = packed.shape[1]
+    k = top_k.clamp(1, cols)[:, None]
+    key = packed >> 32  # the ordered key of the logit (a missing entry's is below every real one)
+    kth = key.gather(1, (k - 1).clamp(max=n - 1))
+    keep = (top_k == 0)[:, None] | (k > n) | (key >= kth)
+    return torch.where(keep, col, -1)
 
 
 def _mass_select(hist, plan, topp, pprefix, mass, rnd, thr, jb) -> None:
@@ -707,8 +785,8 @@ def sample_rows(
 ) -> None:
     """Sample ``tokens`` (rows, n) int64 from logits (rows, V); see :func:`torch_sampling.sample_rows`.
 
-    ``top_k_max`` serves only greedy rows without replacement (the reference's
-    :func:`~.torch_sampling.greedy_order`); the radix select does not need it.
+    ``top_k_max`` serves only float64 logits (handed to the reference); the radix select and the race's
+    block candidates do not need it.
     """
     with launch_guard(logits):  # every launch on the input's device and its current stream
         rows, cols = logits.shape
@@ -736,15 +814,16 @@ def sample_rows(
             thr = _radix_threshold(logits, ws["max"], plan, temperature, top_k, top_p)
         minp = min_p.contiguous() if min_p is not None else temperature
         thr_arg = thr if thr is not None else temperature
-        keys = None
-        if not replacement:
-            keys = torch.empty((rows, cols), dtype=torch.float32, device=device)
+        width = 0 if replacement else _race_width(num_samples, cols, plan)
+        cand = None
+        if not replacement:  # the race's W best candidates of each block (never a (rows, V) workspace)
+            cand = torch.empty((rows, plan.nb, width), dtype=torch.int64, device=device)
         for grid, (pid0, pid1) in grid_pieces((triton.cdiv(rows, plan.R), plan.nb)):
             _block_kernel[grid](
                 logits, stride, rows, cols, ws["max"], plan.nb, temperature, thr_arg, minp,
-                seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else ws["sum"], pid0, pid1,
+                seed, row_id, offset, ws["sum"], ws["last"], cand if cand is not None else ws["sum"], pid0, pid1,
                 IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
-                RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
+                RACE=not replacement, W=width, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
                 **_launch_shape(4 if replacement else plan.race_warps),
             )  # fmt: skip
         if replacement:
@@ -757,21 +836,21 @@ def sample_rows(
                     WANT_LP=logprobs is not None, SB=plan.SB, B=plan.B, NB_P2=plan.NB_P2, **_launch_shape(4),
                 )  # fmt: skip
             return
-        # without replacement: the race's n largest keys, then the row rules (sync-free torch ops)
-        assert keys is not None
-        drawn = _race_select(keys, num_samples)
+        # without replacement: the n best candidates (race keys; greedy rows: logits), then the row rules
+        # (sync-free torch ops on (rows, n))
+        assert cand is not None
+        packed, chosen = _race_merge(cand, num_samples, cols)
+        greedy = (temperature == 0)[:, None]
+        if top_k is not None:  # (sampled rows had it in the threshold)
+            chosen = torch.where(greedy, _greedy_top_k(packed, chosen, top_k, cols), chosen)
         bm = ws["max"]
         has_nan = torch.isnan(bm).any(dim=1, keepdim=True)
-        m = torch.where(torch.isnan(bm), -math.inf, bm).amax(dim=1, keepdim=True)
-        greedy = (temperature == 0)[:, None]
-        # greedy rows: the n largest logits in order (the reference's rule, sync-free torch ops)
-        greedy_tok = torch.where(m > -math.inf, _reference.greedy_order(logits, m, top_k, top_k_max, num_samples), -1)
-        chosen = torch.where(greedy, greedy_tok, drawn)
-        chosen = torch.where(has_nan, -1, chosen)
+        chosen = _pad(torch.where(has_nan, -1, chosen), num_samples)
         tokens.copy_(chosen)
         if logprobs is not None:
             total = ws["sum"].sum(dim=1, keepdim=True)
             x = logits.gather(1, chosen.clamp_min(0)).float()
+            m = torch.where(torch.isnan(bm), -math.inf, bm).amax(dim=1, keepdim=True)
             z = _shifted(x, m, torch.float32) / torch.where(greedy, 1.0, temperature[:, None])
             picked = torch.where(greedy, 0.0, z.to(torch.float64) - torch.log(total))
             logprobs.copy_(torch.where(chosen >= 0, picked, math.nan))
@@ -798,16 +877,20 @@ def sample_probs(
         plan = _Plan(rows, cols, num_samples, device)
         ws = _workspace(rows, plan, device, stats=False)
         stride = probs.stride(0)
+        # float64 probabilities: every race key (no room for the column beside a float64 key); else the
+        # W best packed candidates of each block
+        width = 0 if replacement or acc_f64 else _race_width(num_samples, cols, plan)
         keys = None
         if not replacement:
-            keys = torch.empty((rows, cols), dtype=torch.float64 if acc_f64 else torch.float32, device=device)
+            shape = (rows, cols) if width == 0 else (rows, plan.nb, width)
+            keys = torch.empty(shape, dtype=torch.float64 if width == 0 else torch.int64, device=device)
         dummy = ws["sum"]
         for grid, (pid0, pid1) in grid_pieces((triton.cdiv(rows, plan.R), plan.nb)):
             _block_kernel[grid](
                 probs, stride, rows, cols, dummy, plan.nb, dummy, dummy, dummy,
                 seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else dummy, pid0, pid1,
                 IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
-                RACE=not replacement, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
+                RACE=not replacement, W=width, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
                 **_launch_shape(4 if replacement else plan.race_warps),
             )  # fmt: skip
         if replacement:
@@ -821,4 +904,8 @@ def sample_probs(
             return
         assert keys is not None
         invalid = torch.isnan(ws["sum"]).any(dim=1, keepdim=True)
-        tokens.copy_(torch.where(invalid, -1, _race_select(keys, num_samples)))
+        if width == 0:
+            drawn = _race_select(keys, num_samples)
+        else:
+            drawn = _pad(_race_merge(keys, num_samples, cols)[1], num_samples)
+        tokens.copy_(torch.where(invalid, -1, drawn))
