@@ -189,7 +189,7 @@ def _key(z):
 def _pack(key, cols, live):
     """int64 race candidates: the ordered int32 ``key`` in the high word and ``2**32 - 1 - col`` in the low
     one (unique, so ordering them is exact; lowest column first on equal keys), ``_NO_CANDIDATE`` where not
-    ``live``. The inverse is :func:`_unpack`."""
+    ``live``. :func:`_race_merge` takes the column back out of the low word."""
     packed = (key.to(tl.int64) << 32) | (4294967295 - cols.to(tl.int64))
     return tl.where(live, packed, _NO_CANDIDATE)
 
