@@ -5,7 +5,8 @@
 The project's copy of the team's ../shared/tools/aot_sweep.py, kept in step with the kernels: it records
 the top-k / top-p radix-select kernels of triton_sampling (_select_init, _count, _count_select,
 _mass_select) and triton_shard's _mass_round_kernel (top-p's mass rounds), in place of the bisection kernel
-the shared tool still names.
+the shared tool still names, and the vocabulary-parallel shard kernels of triton_shard (kept mass, search,
+histogram, top values, race) at shards of Qwen's vocabulary over 2 and 8 ranks (shard_launches).
 
 Drives the project's own launch wrappers (softmax_forward / softmax_backward / sample_rows /
 sample_probs) with meta tensors, with every @triton.jit kernel replaced by a recorder, so
@@ -50,6 +51,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 ARCH_SMS = {80: 108, 86: 84, 89: 128, 90: 132, 100: 148, 120: 188}  # A100, A10-ish, L40S-ish, H100/H200, B200
 DT = None  # filled after torch import
+SHARD_KERNELS = ("_mass_kernel", "_search_kernel", "_hist_kernel", "_top_kernel", "_race_kernel")
 _JOB_CTX = {}
 
 
@@ -229,6 +231,45 @@ def sampling_launches(repo, full, quick, wide=False):
     return out
 
 
+def shard_launches(quick):
+    """The vocabulary-parallel shard kernels (triton_shard) at shards of Qwen's vocabulary over 2 and 8 ranks
+    and an odd one: kept mass, search, histogram rounds, top values and the race, with and without filters."""
+    import torch
+
+    from stablesoftmax.backends import triton_shard as H
+
+    for _n in ("BLOCK", "HIST_BLOCK", "HIST_CHUNK"):
+        setattr(H, f"_{_n}_INTERP", getattr(H, f"_{_n}_GPU"))
+    shapes = [(64, 19008)] if quick else [(1, 76032), (64, 19008), (4096, 19008), (64, 25129)]
+    nset = (16,) if quick else (2, 16, 256)
+    log, out = [], []
+    i64 = dict(dtype=torch.int64, device="meta")
+    f32 = dict(dtype=torch.float32, device="meta")
+    f64 = dict(dtype=torch.float64, device="meta")
+    with recording(H, SHARD_KERNELS, log):
+        for rows, cols in shapes:
+            m, t, cut, minp = (torch.empty(rows, 1, **f32) for _ in range(4))
+            seed = torch.empty(rows, **i64)
+            col0 = torch.empty((), **i64)
+            for dt in ("float16", "float32") if not quick else ("float16",):
+                x = torch.empty(rows, cols, dtype=getattr(torch, dt), device="meta")
+                n0 = len(log)
+                for c, p in ((None, None), (cut, minp)):
+                    H.kept_mass(x, m, t, c, p)
+                    H.search(x, m, t, c, p, torch.empty(rows, **f64), torch.empty(rows, 4, **f64))
+                    for n in nset:
+                        H.race(x, m, t, c, p, seed, seed, seed, col0, n)
+                    for counts in (False, True):
+                        for shift in (24, 0):
+                            H.histogram(x, m, t, c, counts, torch.empty(rows, 1, **i64), shift)
+                for k in (1, 50, 1024):
+                    H.top_values(x, m, t, k)
+                for name, grid, args, kw in log[n0:]:
+                    out.append(dict(kernel=name, grid=grid, args=tuple(map(_argdesc, args)), kwargs=kw,
+                                    shape=(rows, cols, 0), dtypes="shard:" + dt, spec="A" if cols % 16 == 0 else "U"))
+    return out
+
+
 def grid_probe(arch):
     """Launch grids (recorded only, nothing compiled) for extreme shapes, against CUDA's limits."""
     import torch
@@ -320,6 +361,7 @@ def _freeze(o):
 _MEM = re.compile(r"^\s*(?:@!?%p\d+\s+)?(ld|st)\.global((?:\.[\w:]+)*)\s")
 _BRA = re.compile(r"\bbra(?:\.uni)?\s+(\$L__\w+);")
 _LABEL = re.compile(r"^(\$L__\w+):")
+_F64 = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:add|sub|mul|fma|cvt)\.(?:rn\.)?f64\b")  # float64 arithmetic / widening
 _BITS = {"b8": 8, "u8": 8, "s8": 8, "b16": 16, "u16": 16, "s16": 16, "f16": 16, "b32": 32, "u32": 32, "s32": 32,
          "f32": 32, "b64": 64, "u64": 64, "s64": 64, "f64": 64, "b128": 128}
 
@@ -354,11 +396,17 @@ def ptx_memory(ptx):
         acc.append((m.group(1), vec * bits, depth, hint))
     maxd = max((d for _, _, d, _ in acc), default=0)
     hot = [a for a in acc if a[2] == maxd]
+    # float64 instructions inside loops, a loop being a header label with every back edge to it (the body of an
+    # `if` inside a loop is often laid out after the loop's first back edge, with a second back edge of its own)
+    spans = {}
+    for a, b in loops:
+        spans[a] = max(b, spans.get(a, b))
+    f64_hot = sum(1 for i, ln in enumerate(lines) if _F64.match(ln) and any(a <= i <= b for a, b in spans.items()))
     def hist(kind, items):
         c = collections.Counter(b for k, b, _, _ in items if k == kind)
         return " ".join(f"{b}x{n}" for b, n in sorted(c.items(), reverse=True)) or "-"
     return dict(loops=len(loops), hot_depth=maxd, ld_hot=hist("ld", hot), st_hot=hist("st", hot),
-                ld_all=hist("ld", acc), st_all=hist("st", acc), hints=sum(1 for a in acc if a[3]))
+                ld_all=hist("ld", acc), st_all=hist("st", acc), hints=sum(1 for a in acc if a[3]), f64_hot=f64_hot)
 
 
 def ptx_math(ptx):
@@ -525,10 +573,10 @@ def main():
                 launches.append((S, r, arch))
         if a.only != "softmax":
             if arch == archs[0]:
-                samp = sampling_launches(a.repo, a.full, a.quick, a.wide)
+                samp = sampling_launches(a.repo, a.full, a.quick, a.wide) + shard_launches(a.quick)
             from stablesoftmax.backends import triton_shard as H
             for r in samp:
-                launches.append((H if r["kernel"] == "_mass_round_kernel" else T, r, arch))
+                launches.append((H if r["kernel"] in SHARD_KERNELS + ("_mass_round_kernel",) else T, r, arch))
     if a.kernels:
         keep = set(a.kernels.split(","))
         launches = [x for x in launches if x[1]["kernel"] in keep]
@@ -587,7 +635,7 @@ def main():
     # 4. tables
     hdr = ["arch", "kernel", "config", "dtypes", "spec", "ok", "regs", "spill st/ld", "stack", "smem", "CTA/SM",
            "warps/SM", "hot ld bits", "hot st bits", "vec", "loops", "math", "example shape", "grid", "elts/thr",
-           "SASS/elt", "SASS total", "compile s"]
+           "SASS/elt", "SASS total", "compile s", "hot f64"]
     table = []
     for key in sorted(jobs, key=lambda k: (rows_of[k]["arch"], rows_of[k]["kernel"], rows_of[k]["cfg"],
                                            rows_of[k]["dtypes"], rows_of[k]["spec"])):
@@ -612,12 +660,12 @@ def main():
                           res["regs"], f"{res['spill_st']}/{res['spill_ld']}", res["stack"], res["smem"], ctas, wps,
                           ld, res["st_hot"], vec, res["loops"], res["math"], "x".join(map(str, info["shape"])),
                           "x".join(map(str, info["grid"])), f"{ept:g}", spe, res.get("sass_total"),
-                          f"{res['secs']:.2f}"])
+                          f"{res['secs']:.2f}", res["f64_hot"]])
         else:
             table.append([f"sm_{info['arch']}", info["kernel"], info["cfg"], info["dtypes"], info["spec"], "FAIL",
                           "", "", "", "", "", "", "", "", "", "", res.get("error", ""),
                           "x".join(map(str, info["shape"])), "x".join(map(str, info["grid"])), "", "", "",
-                          f"{res.get('secs', 0):.2f}"])
+                          f"{res.get('secs', 0):.2f}", ""])
 
     import csv
 

@@ -63,7 +63,7 @@ from ._sampling import (
     _rows_word,
 )
 from .backends import torch_shard
-from .backends.torch_sampling import uniform_per_sample
+from .backends.torch_sampling import pad_columns, uniform_per_sample
 from .backends.torch_softmax import _ones_and_rest, _shifted, _total
 
 __all__ = ["comm_stats", "log_softmax", "logprobs_of", "reset_comm_stats", "sample_from_logits"]
@@ -416,11 +416,8 @@ def _greedy_top_n(
         candidate &= s >= _top_k_cut(comm, kernels, x, m, torch.ones_like(m), k_tensor, k_max)
     ranked = torch.sort(torch.where(candidate, s, _NEG_INF), dim=1, descending=True, stable=True)
     local = min(n, cols)
-    values = ranked.values[:, :local].to(torch.float64)
-    ids = (ranked.indices[:, :local] + layout.col0).to(torch.float64)
-    if local < n:
-        values = torch.cat([values, values.new_full((rows, n - local), _NEG_INF)], dim=1)
-        ids = torch.cat([ids, ids.new_full((rows, n - local), -1.0)], dim=1)
+    values = pad_columns(ranked.values[:, :local].to(torch.float64), n, _NEG_INF)
+    ids = pad_columns((ranked.indices[:, :local] + layout.col0).to(torch.float64), n, -1.0)
     table = comm.all_gather(torch.cat([values, ids], dim=1))  # (world, rows, 2n), ranks in column order
     all_values = table[:, :, :n].permute(1, 0, 2).reshape(rows, -1)
     all_ids = table[:, :, n:].permute(1, 0, 2).reshape(rows, -1)

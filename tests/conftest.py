@@ -134,3 +134,24 @@ def backend(request: pytest.FixtureRequest):
 def gen() -> torch.Generator:
     """A fixed-seed generator: fresh random data per test, the same every run."""
     return torch.Generator().manual_seed(20261123)
+
+
+def record_tensor_sizes(monkeypatch: pytest.MonkeyPatch, module) -> list[int]:
+    """Record the element count of every tensor that ``module``'s ``torch.empty / topk / where / full / cat /
+    zeros`` calls make, until ``monkeypatch.undo()`` (a workspace-size test's probe)."""
+    sizes: list[int] = []
+    made = {name: getattr(torch, name) for name in ("empty", "topk", "where", "full", "cat", "zeros")}
+
+    def recording(name):
+        def make(*args, **kwargs):
+            result = made[name](*args, **kwargs)
+            for t in result if isinstance(result, tuple) else (result,):
+                if isinstance(t, torch.Tensor):
+                    sizes.append(t.numel())
+            return result
+
+        return make
+
+    for name in made:
+        monkeypatch.setattr(module.torch, name, recording(name))
+    return sizes

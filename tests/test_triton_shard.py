@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 from _reference import shard_case
-from conftest import DEVICE, import_or_skip_off_ci, require_backend
+from conftest import DEVICE, import_or_skip_off_ci, record_tensor_sizes, require_backend
 
 import stablesoftmax as ss
 import stablesoftmax.distributed as sd
@@ -24,7 +24,9 @@ from stablesoftmax.backends import torch_shard
 
 import_or_skip_off_ci("triton", "the Triton shard kernels")
 
-from stablesoftmax.backends import triton_launch  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from stablesoftmax.backends import triton_launch, triton_sampling  # noqa: E402
 from stablesoftmax.backends import triton_shard as T  # noqa: E402
 
 ROWS, COLS = 6, 700
@@ -32,6 +34,16 @@ ROWS, COLS = 6, 700
 # z * log2(e)) is off by up to ~|z| * 6e-8 relative, and its log by ~1e-7 absolute
 EXP_RTOL = 2e-6 if DEVICE.type == "cpu" else 1e-5
 LOG_ATOL = 1e-6 if DEVICE.type == "cpu" else 1e-5
+
+
+@pytest.fixture(params=["topk", "sort"])
+def block_select(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The blocks' W best (top values, race) by ``tl.topk`` or, as on Triton before 3.4, by a full sort."""
+    if request.param == "sort":
+        if DEVICE.type == "cuda":
+            pytest.skip("the switch is read at compile time; the interpreter covers the sort")
+        monkeypatch.setattr(triton_sampling, "_HAS_TOPK", tl.constexpr(False))
+    return request.param
 
 
 def _case(dtype: torch.dtype, seed: int):
@@ -110,7 +122,7 @@ def test_histogram_rounds(dtype: torch.dtype, counts: bool) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_top_values(dtype: torch.dtype) -> None:
+def test_top_values(dtype: torch.dtype, block_select: str) -> None:
     x, m, t, _, _ = _case(dtype, 4)
     for k in (1, 7, 50, COLS + 3):
         got = T.top_values(x, m, t, k)
@@ -139,7 +151,7 @@ RACE_IDS = [f"{FILTER_IDS[FILTERS.index(f)]}-{d}" for d, f in RACE_CASES]
 
 
 @pytest.mark.parametrize(("dtype", "filters"), RACE_CASES, ids=RACE_IDS)
-def test_race(dtype: torch.dtype, filters) -> None:
+def test_race(dtype: torch.dtype, filters, block_select: str) -> None:
     x, m, t, cut, min_p = _case(dtype, 5)
     cut, min_p = _filters(cut, min_p, filters)
     seed = torch.tensor([1, -5, 2**62, 7, 0, 99], device=DEVICE)
@@ -155,6 +167,53 @@ def test_race(dtype: torch.dtype, filters) -> None:
         torch.testing.assert_close(keys, wk.float(), rtol=EXP_RTOL, atol=LOG_ATOL)  # log
         assert torch.equal(ids, wi), (col0, n)
         assert count[3] == 0 and (ids[3] == -1).all() and (ids[0, :1] >= col0).all()
+
+
+def test_equal_values_rank_the_lowest_column_first(block_select: str) -> None:
+    # a flat row across two blocks: every z is 0, the k best are the k lowest columns, for every width
+    x = torch.zeros(2, COLS, device=DEVICE)
+    x[1, :600] = -math.inf  # the second row's ties start in the second block
+    m = torch.zeros(2, 1, device=DEVICE)
+    t = torch.ones(2, 1, device=DEVICE)
+    for k in (1, 9, 100):
+        packed, col = T._best(T._top_kernel, x, k, m.reshape(-1), t.reshape(-1))
+        assert col[0].tolist() == list(range(k)) and col[1].tolist() == list(range(600, 600 + k)), k
+        assert torch.equal(triton_sampling._packed_values(packed[0]), torch.zeros(k, device=DEVICE))
+
+
+def test_race_with_fewer_kept_entries_than_samples(block_select: str) -> None:
+    x = torch.full((1, COLS), -math.inf, device=DEVICE)
+    x[0, [3, 600]] = 0.0  # one kept entry in each block
+    m, t = torch.zeros(1, 1, device=DEVICE), torch.ones(1, 1, device=DEVICE)
+    stream = [torch.zeros(1, dtype=torch.int64, device=DEVICE) for _ in range(3)]
+    start = torch.tensor(2**33 + 2, device=DEVICE)
+    keys, ids, count = T.race(x, m, t, None, None, *stream, start, 3)
+    want_keys, want_ids, want_count = torch_shard.race(x, m, t, None, None, *stream, start, 3)
+    assert torch.equal(ids, want_ids) and torch.equal(count, want_count) and count.tolist() == [2]
+    assert sorted(ids[0, :2].tolist()) == [2**33 + 5, 2**33 + 602] and ids[0, 2] == -1
+    torch.testing.assert_close(keys, want_keys, rtol=EXP_RTOL, atol=LOG_ATOL)
+    assert keys[0, 2] == -math.inf and torch.isfinite(keys[0, :2]).all()
+
+
+@pytest.mark.parametrize("n", [2, 16])
+def test_no_workspace_of_the_shard_size(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """The race and the top values keep each block's few best: no tensor they make holds a tenth of
+    rows x cols entries (before, (rows, cols) float32 keys / z)."""
+    rows, cols = 4, 8192
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(rows, cols, generator=g) * 3).to(DEVICE)
+    m = x.amax(dim=1, keepdim=True)
+    t = torch.tensor([[0.7], [1.0], [2.0], [1.3]], device=DEVICE)
+    stream = [torch.arange(rows, device=DEVICE) + i for i in range(3)]
+    start = torch.tensor(12345, device=DEVICE)
+    sizes = record_tensor_sizes(monkeypatch, T)
+    got = (*T.race(x, m, t, None, None, *stream, start, n), T.top_values(x, m, t, n))
+    monkeypatch.undo()
+    assert sizes and max(sizes) < rows * cols // 10, max(sizes)
+    want = (*torch_shard.race(x, m, t, None, None, *stream, start, n), torch_shard.top_values(x, m, t, n))
+    torch.testing.assert_close(got[0], want[0], rtol=EXP_RTOL, atol=LOG_ATOL)
+    for a, b in zip(got[1:], want[1:]):
+        assert torch.equal(a, b)
 
 
 def test_grid_pieces_give_the_one_launch_results(monkeypatch) -> None:

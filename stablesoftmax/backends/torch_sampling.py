@@ -38,11 +38,18 @@ import torch
 
 from .torch_softmax import _row_max, _shifted, chunks
 
-__all__ = ["greedy_order", "philox", "race_uniform", "sample_probs", "sample_rows", "uniform_per_sample"]
+__all__ = ["greedy_order", "pad_columns", "philox", "race_uniform", "sample_probs", "sample_rows", "uniform_per_sample"]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK32 = 0xFFFFFFFF
+
+
+def pad_columns(t: torch.Tensor, width: int, fill: float) -> torch.Tensor:
+    """``t`` (rows, c) widened to ``width >= c`` columns with ``fill`` (``t`` itself where it is that wide)."""
+    if t.shape[1] >= width:
+        return t
+    return torch.cat([t, t.new_full((t.shape[0], width - t.shape[1]), fill)], dim=1)
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,9 +134,7 @@ def _draw(
     else:
         key = torch.where(positive, log_w - torch.log(_exponentials(seed, row_id, offset, cols)), -float("inf"))
         n = min(num_samples, cols)
-        idx = torch.topk(key, n, dim=1).indices
-        if n < num_samples:
-            idx = torch.cat([idx, idx.new_full((rows, num_samples - n), -1)], dim=1)
+        idx = pad_columns(torch.topk(key, n, dim=1).indices, num_samples, -1)
         counts = positive.sum(dim=1, keepdim=True)
         available = torch.arange(num_samples, device=w.device)[None, :] < counts
     return torch.where(available & ok[:, None], idx, -1)
@@ -201,9 +206,7 @@ def greedy_order(
     assert top is not None
     idx = top[1]
     idx = torch.where(torch.arange(n, device=logits.device)[None, :] < count, idx, -1)
-    if n < num_samples:
-        idx = torch.cat([idx, idx.new_full((rows, num_samples - n), -1)], dim=1)
-    return idx
+    return pad_columns(idx, num_samples, -1)
 
 
 def sample_probs(
@@ -447,9 +450,7 @@ def _sample_long_row(
             count += positive.sum(dim=1, keepdim=True)
             total += w.to(torch.float64).sum(dim=1, keepdim=True)
         assert best is not None
-        idx = best[1]
-        if n < num_samples:
-            idx = torch.cat([idx, idx.new_full((1, num_samples - n), -1)], dim=1)
+        idx = pad_columns(best[1], num_samples, -1)
         available = torch.arange(num_samples, device=logits.device)[None, :] < count
     drawn = torch.where(available & ~has_nan[:, None], idx, -1)
     if replacement:

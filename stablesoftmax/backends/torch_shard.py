@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .torch_sampling import _counters, philox, race_uniform
+from .torch_sampling import _counters, pad_columns, philox, race_uniform
 from .torch_softmax import _shifted
 
 __all__ = ["histogram", "kept_mass", "order_key", "race", "search", "top_values", "z_of"]
@@ -125,11 +125,8 @@ def histogram(
 def top_values(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
     """``(rows, k)``: the ``k`` largest ``z`` of each row of this shard, decreasing, ``-inf`` past ``cols``."""
     z = z_of(x, m, t)
-    rows, cols = z.shape
-    top = torch.topk(z, min(k, cols), dim=1).values
-    if top.shape[1] < k:
-        top = torch.cat([top, top.new_full((rows, k - top.shape[1]), _NEG_INF)], dim=1)
-    return top
+    cols = z.shape[1]
+    return pad_columns(torch.topk(z, min(k, cols), dim=1).values, k, _NEG_INF)
 
 
 def _exponentials(
@@ -167,15 +164,11 @@ def race(
     the number of kept entries.
     """
     z, w = _weights(x, m, t, cut, min_p)
-    rows, cols = w.shape
+    cols = w.shape[1]
     positive = w > 0
     exps = _exponentials(seed, row_id, offset, col0, cols)
     key = torch.where(positive, z - torch.log(exps), _NEG_INF)
-    local = min(n, cols)
-    top = torch.topk(key, local, dim=1)
+    top = torch.topk(key, min(n, cols), dim=1)
     keys, ids = top.values, top.indices + col0
     ids = torch.where(keys > _NEG_INF, ids, -1)
-    if local < n:
-        keys = torch.cat([keys, keys.new_full((rows, n - local), _NEG_INF)], dim=1)
-        ids = torch.cat([ids, ids.new_full((rows, n - local), -1)], dim=1)
-    return keys, ids, positive.sum(dim=1)
+    return pad_columns(keys, n, _NEG_INF), pad_columns(ids, n, -1), positive.sum(dim=1)

@@ -28,8 +28,9 @@ tiny per-row kernel for the last step (``HBC = 8192``, ``HBM = 4096``): 15 launc
                          from the previous round's partial masses (summed in block order, the same in every
                          program; the first round's total is the kept mass, ``goal = top_p * total``; the
                          bin where the mass at or above it reaches the goal -> prefix, mass above), then
-                         float64 16-bin masses of ``key(z)`` of what top-k kept (a (256, 16)
-                         compare-and-sum per chunk that holds a live entry) -> (rows, nbm, 16) partials.
+                         float64 16-bin masses of ``key(z)`` of what top-k kept (a float32 (256, 16)
+                         compare-and-sum per chunk that holds a live entry, the chunks' sums added in
+                         float64) -> (rows, nbm, 16) partials.
 ``_mass_select_kernel``  grid (rows,): the last step: ``thr``, the smallest key whose strictly-above mass is
                          ``< goal``. Where a row has more than ``_FUSED_SELECT_BLOCKS`` mass blocks (each
                          program would read them all), also every step between rounds.
@@ -67,6 +68,7 @@ import triton
 import triton.language as tl
 
 from . import torch_sampling as _reference
+from .torch_sampling import pad_columns
 from .torch_softmax import _shifted
 from .triton_launch import grid_pieces, launch_guard
 
@@ -77,7 +79,8 @@ _BLOCK_GPU, _BLOCK_INTERP = 1024, 4096
 _TILE_GPU, _TILE_INTERP = 4096, 1 << 20
 # Radix select (GPU / interpreter): columns per program of the top-k count rounds and per
 # tl.histogram step; columns per program of the top-p mass rounds (triton_shard's _hist_kernel) and
-# per step of its (CH, 16) float64 compare-and-sum (CH x 16 / 128 threads = 32 values a thread).
+# per step of its (CH, 16) float32 compare-and-sum (CH x 16 / 128 threads = 32 values a thread; each
+# step's 16 sums then added in float64).
 _COUNT_BLOCK_GPU, _COUNT_BLOCK_INTERP = 8192, 512
 _COUNT_CHUNK_GPU, _COUNT_CHUNK_INTERP = 2048, 1 << 20
 _MASS_BLOCK_GPU, _MASS_BLOCK_INTERP = 4096, 512
@@ -643,16 +646,10 @@ def _workspace(rows: int, plan: _Plan, device: torch.device, stats: bool):
     return ws
 
 
-def _race_width(num_samples: int, cols: int, plan: _Plan) -> int:
-    """Candidates each block of the race keeps: the next power of two from ``min(n, V)``, at most a block."""
-    return min(_next_pow2(min(num_samples, cols)), plan.B)
-
-
-def _pad(idx: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """``idx`` (rows, n) widened to ``num_samples`` columns with ``-1``."""
-    if idx.shape[1] == num_samples:
-        return idx
-    return torch.cat([idx, idx.new_full((idx.shape[0], num_samples - idx.shape[1]), -1)], dim=1)
+def _race_width(num_samples: int, cols: int, block: int) -> int:
+    """Candidates each block of ``block`` columns keeps for the ``n`` best of a row: the next power of two
+    from ``min(n, V)``, at most the block."""
+    return min(_next_pow2(min(num_samples, cols)), block)
 
 
 def _race_select(keys: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -660,7 +657,7 @@ def _race_select(keys: torch.Tensor, num_samples: int) -> torch.Tensor:
     runs out."""
     n = min(num_samples, keys.shape[1])
     vals, idx = torch.topk(keys, n, dim=1)
-    return _pad(torch.where(vals > -math.inf, idx, -1), num_samples)
+    return pad_columns(torch.where(vals > -math.inf, idx, -1), num_samples, -1)
 
 
 def _race_merge(cand: torch.Tensor, num_samples: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -672,6 +669,13 @@ def _race_merge(cand: torch.Tensor, num_samples: int, cols: int) -> tuple[torch.
     packed = torch.topk(cand.view(rows, -1), n, dim=1).values
     col = torch.where(packed > _NO_CANDIDATE.value, 4294967295 - (packed & 4294967295), -1)
     return packed, col
+
+
+def _packed_values(packed: torch.Tensor) -> torch.Tensor:
+    """float32 values of packed candidates' keys (:func:`_from_key` of the high word), ``-inf`` where none."""
+    key = (packed >> 32).to(torch.int32)
+    value = torch.where(key < 0, key ^ 0x7FFFFFFF, key).view(torch.float32)
+    return torch.where(packed > _NO_CANDIDATE.value, value, -math.inf)
 
 
 def _greedy_top_k(packed: torch.Tensor, col: torch.Tensor, top_k: torch.Tensor, cols: int) -> torch.Tensor:
@@ -814,7 +818,7 @@ def sample_rows(
             thr = _radix_threshold(logits, ws["max"], plan, temperature, top_k, top_p)
         minp = min_p.contiguous() if min_p is not None else temperature
         thr_arg = thr if thr is not None else temperature
-        width = 0 if replacement else _race_width(num_samples, cols, plan)
+        width = 0 if replacement else _race_width(num_samples, cols, plan.B)
         cand = None
         if not replacement:  # the race's W best candidates of each block (never a (rows, V) workspace)
             cand = torch.empty((rows, plan.nb, width), dtype=torch.int64, device=device)
@@ -845,7 +849,7 @@ def sample_rows(
             chosen = torch.where(greedy, _greedy_top_k(packed, chosen, top_k, cols), chosen)
         bm = ws["max"]
         has_nan = torch.isnan(bm).any(dim=1, keepdim=True)
-        chosen = _pad(torch.where(has_nan, -1, chosen), num_samples)
+        chosen = pad_columns(torch.where(has_nan, -1, chosen), num_samples, -1)
         tokens.copy_(chosen)
         if logprobs is not None:
             total = ws["sum"].sum(dim=1, keepdim=True)
@@ -879,7 +883,7 @@ def sample_probs(
         stride = probs.stride(0)
         # float64 probabilities: every race key (no room for the column beside a float64 key); else the
         # W best packed candidates of each block
-        width = 0 if replacement or acc_f64 else _race_width(num_samples, cols, plan)
+        width = 0 if replacement or acc_f64 else _race_width(num_samples, cols, plan.B)
         keys = None
         if not replacement:
             shape = (rows, cols) if width == 0 else (rows, plan.nb, width)
@@ -907,5 +911,5 @@ def sample_probs(
         if width == 0:
             drawn = _race_select(keys, num_samples)
         else:
-            drawn = _pad(_race_merge(keys, num_samples, cols)[1], num_samples)
+            drawn = pad_columns(_race_merge(keys, num_samples, cols)[1], num_samples, -1)
         tokens.copy_(torch.where(invalid, -1, drawn))

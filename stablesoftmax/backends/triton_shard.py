@@ -16,14 +16,19 @@ Launch plan (``B`` columns per block, ``nb = cdiv(cols, B)``; every grid through
 ``_search_kernel``  grid (rows, n): per target a rescan of its block with a float64 running sum
                     (``tl.cumsum``): the first column whose prefix exceeds the target.
 ``_hist_kernel``    grid (rows, nbh): per block of ``HB`` columns a 256-bin float64 histogram of
-                    the live entries (a ``(CH, 256)`` compare-and-sum per chunk of ``CH`` columns
-                    that holds a live entry, no atomics) -> (rows, nbh, 256), summed over the blocks
+                    the live entries (a float32 ``(CH, 256)`` compare-and-sum per chunk of ``CH``
+                    columns that holds a live entry, the chunks' sums added in float64, no atomics)
+                    -> (rows, nbh, 256), summed over the blocks
                     in block order. Also the mass rounds of :mod:`.triton_sampling`'s top-p select,
                     which marks a settled row by a negative prefix (nothing read, zeros written).
-``_z_kernel``       grid (rows, nb): ``z`` -> (rows, cols) float32, then ``torch.topk``.
-``_race_kernel``    grid (rows, nb): the race keys ``z - log E`` (``-inf`` where not kept), ``E``
+``_top_kernel``     grid (rows, nb): each block's ``W`` largest ``z`` (``W``: the next power of two from
+                    ``min(k, cols)``, at most ``B``), packed with their columns into int64
+                    (:func:`.triton_sampling._pack`) -> (rows, nb, W); ``torch.topk`` of those gives
+                    the row's ``k`` largest.
+``_race_kernel``    grid (rows, nb): the same for the race keys ``z - log E`` of the kept entries, ``E``
                     from the Philox word of the global column ``col0 + i`` (the stream and the
-                    uniforms of :mod:`.triton_sampling`) -> (rows, cols) float32, then ``torch.topk``.
+                    uniforms of :mod:`.triton_sampling`), and each block's kept count -> (rows, nb).
+                    Equal keys rank the lowest column first.
 
 ``z = s / t`` is rounded to nearest like torch's division, including its overflow to ``-inf`` at
 tiny ``t``; an entry whose quotient certainly overflows is set to ``-inf`` without dividing, so the
@@ -40,18 +45,30 @@ import triton
 import triton.language as tl
 
 from . import torch_shard
+from .torch_sampling import pad_columns
 from .torch_shard import z_of
 from .triton_launch import grid_pieces, launch_guard
-from .triton_sampling import _column_words, _key, _mass_advance, _words_of
+from .triton_sampling import (
+    _column_words,
+    _key,
+    _mass_advance,
+    _next_pow2,
+    _pack,
+    _packed_values,
+    _race_merge,
+    _race_width,
+    _store_top,
+    _words_of,
+)
 
 __all__ = ["histogram", "kept_mass", "race", "search", "top_values", "z_of"]
 
 # Columns per block (GPU / interpreter): the weight, z and race kernels, and the search's rescan.
 _BLOCK_GPU, _BLOCK_INTERP = 1024, 512
-# Columns per histogram program, and per step of its (CH, 256) compare-and-sum (GPU; the interpreter
-# takes its whole block in one step).
+# Columns per histogram program, and per step of its (CH, 256) compare-and-sum (GPU; the interpreter's 0:
+# its whole block in one step).
 _HIST_BLOCK_GPU, _HIST_BLOCK_INTERP = 4096, 512
-_HIST_CHUNK_GPU = 16
+_HIST_CHUNK_GPU, _HIST_CHUNK_INTERP = 16, 0
 _BINS = 256
 # Half of the smallest float32 above 2**127: |s| / 2 > this * min(t, 1) implies |s / t| >= 2**128 - 2**103,
 # the quotients that round to infinity in float32 (the product below is rounded, hence one float32 ulp of slack).
@@ -168,7 +185,11 @@ def _block_histogram(
 ):  # fmt: skip
     """The 2**BITS-bin float64 histogram (masses, or counts with COUNTS) of ``(key >> shift)`` over the live
     entries of block ``part`` of a row: those whose key matches ``prefix`` above the bin's bits (all with
-    HAS_PREFIX off); zeros for a negative prefix (a settled row)."""
+    HAS_PREFIX off); zeros for a negative prefix (a settled row).
+
+    Each chunk of ``CH`` columns sums its ``(CH, bins)`` one-hot compare in float32 (counts exact, masses
+    the SPEC's float32 accumulation), and the chunks' sums add up in float64: one float64 add per bin and
+    chunk instead of one per bin and entry (float64 runs at 1/64 of float32 on A10 / L4 / L40S parts)."""
     bins = tl.arange(0, 1 << BITS)
     acc = tl.zeros([1 << BITS], tl.float64)
     if prefix >= 0:
@@ -180,9 +201,9 @@ def _block_histogram(
                 live = z > -float("inf")
                 if HAS_CUT:
                     live = live & (z >= cut)
-                wt = live.to(tl.float64)
+                wt = live.to(tl.float32)
             else:
-                wt = w.to(tl.float64)
+                wt = w
             key = _order_key(z)
             live = wt > 0.0
             if HAS_PREFIX:
@@ -190,7 +211,7 @@ def _block_histogram(
             if tl.max(live.to(tl.int32), axis=0) > 0:  # the (CH, bins) compare-and-sum only where something is live
                 slot = (key >> shift) & ((1 << BITS) - 1)
                 hit = live[:, None] & (slot[:, None] == bins[None, :])
-                acc += tl.sum(tl.where(hit, wt[:, None], 0.0), axis=0)
+                acc += tl.sum(tl.where(hit, wt[:, None], 0.0), axis=0).to(tl.float64)
     return acc
 
 
@@ -243,44 +264,52 @@ def _mass_round_kernel(
 
 
 @triton.jit
-def _z_kernel(x_ptr, stride, cols, m_ptr, t_ptr, z_ptr, pid0, pid1, B: tl.constexpr):
+def _store_block_top(cand_ptr, slot, packed, W: tl.constexpr, B: tl.constexpr):
+    """A block's ``W`` best of its ``(B,)`` packed candidates -> ``cand_ptr + slot * W + [0, W)``."""
+    one = tl.arange(0, 1)
+    _store_top(cand_ptr, one.to(tl.int64) + slot, tl.reshape(packed, [1, B]), one < 1, W, B)
+
+
+@triton.jit
+def _top_kernel(x_ptr, stride, cols, m_ptr, t_ptr, cand_ptr, nb, pid0, pid1, B: tl.constexpr, W: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) + pid0
-    offs = (tl.program_id(1) + pid1) * B + tl.arange(0, B)
+    part = tl.program_id(1) + pid1
+    offs = part * B + tl.arange(0, B)
     msk = offs < cols
     x = tl.load(x_ptr + row * stride + offs, mask=msk, other=-float("inf")).to(tl.float32)
     z = _z(x, tl.load(m_ptr + row), tl.load(t_ptr + row))
-    tl.store(z_ptr + row * cols + offs, z, mask=msk)
+    z = tl.where(z != z, float("nan"), z)  # one NaN, above +inf (torch.topk's order)
+    _store_block_top(cand_ptr, row * nb + part, _pack(_key(z), offs, msk), W, B)
 
 
 @triton.jit
 def _race_kernel(
-    x_ptr, stride, cols, m_ptr, t_ptr, cut_ptr, minp_ptr, seed_ptr, rowid_ptr, off_ptr, col0_ptr, key_ptr,
-    pid0, pid1, HAS_CUT: tl.constexpr, HAS_MINP: tl.constexpr, B: tl.constexpr,
+    x_ptr, stride, cols, m_ptr, t_ptr, cut_ptr, minp_ptr, seed_ptr, rowid_ptr, off_ptr, col0_ptr, cand_ptr,
+    count_ptr, nb, pid0, pid1, HAS_CUT: tl.constexpr, HAS_MINP: tl.constexpr, B: tl.constexpr, W: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
-    offs = (tl.program_id(1) + pid1) * B + tl.arange(0, B)
+    part = tl.program_id(1) + pid1
+    offs = part * B + tl.arange(0, B)
     msk = offs < cols
     x = tl.load(x_ptr + row * stride + offs, mask=msk, other=-float("inf")).to(tl.float32)
     m, t, cut, minp = _params(row, m_ptr, t_ptr, cut_ptr, minp_ptr, HAS_CUT, HAS_MINP)
     z, w = _weights(x, m, t, cut, minp, HAS_CUT, HAS_MINP)
     # global column g reads word g % 4 of Philox counter g // 4, as in the single-device race: one Philox
     # per 4 columns where the block starts on a multiple of 4 (every block, when the shard does)
-    first = tl.load(col0_ptr) + (tl.program_id(1) + pid1) * B
+    first = tl.load(col0_ptr) + part * B
     seed, rid, off = tl.load(seed_ptr + row), tl.load(rowid_ptr + row), tl.load(off_ptr + row)
     if first % 4 == 0:
         bits = tl.reshape(_column_words(seed, rid, off, first, 1, B), [B])
     else:
         bits = _words_of(seed, rid, off, first + tl.arange(0, B))
     u = ((bits >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2**-23: exact, in (0, 1)
-    key = tl.where(w > 0.0, z - tl.log(-tl.log(u)), -float("inf"))
-    tl.store(key_ptr + row * cols + offs, key, mask=msk)
+    kept = w > 0.0
+    slot = row * nb + part
+    tl.store(count_ptr + slot, tl.sum(kept.to(tl.int32), axis=0))
+    _store_block_top(cand_ptr, slot, _pack(_key(z - tl.log(-tl.log(u))), offs, kept), W, B)
 
 
 # --------------------------------------------------------------------------- host side
-
-
-def _next_pow2(v: int) -> int:
-    return 1 << max(int(v) - 1, 0).bit_length()
 
 
 def _block(cols: int, device: torch.device) -> int:
@@ -437,25 +466,29 @@ def histogram(
         rows, cols = x.shape
         cuda = x.device.type == "cuda"
         hb = max(16, min(_HIST_BLOCK_GPU if cuda else _HIST_BLOCK_INTERP, _next_pow2(cols)))
+        chunk = _HIST_CHUNK_GPU if cuda else _HIST_CHUNK_INTERP
         nb = triton.cdiv(cols, hb)
         mv, tv = _rowvec(m, x), _rowvec(t, x)
         hist = torch.empty((rows, nb, _BINS), dtype=torch.float64, device=x.device)
         _launch(
             _hist_kernel, (rows, nb), x, x.stride(0), cols, mv, tv, _rowvec(cut, mv), _rowvec(prefix, x, torch.int64),
             shift, hist, nb, HAS_CUT=cut is not None, COUNTS=bool(counts), HAS_PREFIX=shift + 8 < 32, HB=hb,
-            CH=min(_HIST_CHUNK_GPU, hb) if cuda else hb,
+            CH=min(chunk, hb) if chunk else hb,
         )  # fmt: skip
         return torch.cumsum(hist, dim=1)[:, -1]
 
 
-def _z_values(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``(rows, cols)`` float32 ``z`` of the shard."""
+def _best(kernel, x: torch.Tensor, n: int, *args, out: tuple = (), **meta) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(packed, col)`` (rows, min(n, cols)): the ``n`` best packed candidates of each row, decreasing, from
+    ``kernel``'s per-block ``W`` best (rows, nb, W) (:func:`.triton_sampling._race_merge`). The kernel takes
+    ``(x, stride, cols, *args, cand, *out, nb, pid0, pid1)`` and ``meta`` with ``B`` and ``W``."""
     rows, cols = x.shape
     block = _block(cols, x.device)
-    z = torch.empty((rows, cols), dtype=torch.float32, device=x.device)
-    _launch(_z_kernel, (rows, triton.cdiv(cols, block)), x, x.stride(0), cols, _rowvec(m, x), _rowvec(t, x), z,
-            B=block)  # fmt: skip
-    return z
+    nb = triton.cdiv(cols, block)
+    width = _race_width(n, cols, block)
+    cand = torch.empty((rows, nb, width), dtype=torch.int64, device=x.device)
+    _launch(kernel, (rows, nb), x, x.stride(0), cols, *args, cand, *out, nb, B=block, W=width, **meta)
+    return _race_merge(cand, n, cols)
 
 
 def top_values(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
@@ -477,12 +510,9 @@ def top_values(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor, k: int) -> tor
     if _defer(x):
         return torch_shard.top_values(x, m, t, k)
     with launch_guard(x):
-        z = _z_values(_shard(x), m, t)
-        rows, cols = z.shape
-        top = torch.topk(z, min(k, cols), dim=1).values
-        if top.shape[1] < k:
-            top = torch.cat([top, top.new_full((rows, k - top.shape[1]), _NEG_INF)], dim=1)
-        return top
+        x = _shard(x)
+        packed, _ = _best(_top_kernel, x, k, _rowvec(m, x), _rowvec(t, x))
+        return pad_columns(_packed_values(packed), k, _NEG_INF)
 
 
 def race(
@@ -521,21 +551,13 @@ def race(
     with launch_guard(x):
         x = _shard(x)
         rows, cols = x.shape
-        block = _block(cols, x.device)
         mv, tv = _rowvec(m, x), _rowvec(t, x)
         stream = [_rowvec(v, x, torch.int64) for v in (seed, row_id, offset)]
         start = torch.as_tensor(col0, dtype=torch.int64, device=x.device).reshape(1)
-        keys = torch.empty((rows, cols), dtype=torch.float32, device=x.device)
-        _launch(
-            _race_kernel, (rows, triton.cdiv(cols, block)), x, x.stride(0), cols, mv, tv, _rowvec(cut, mv),
-            _rowvec(min_p, mv), *stream, start, keys, HAS_CUT=cut is not None, HAS_MINP=min_p is not None, B=block,
+        count = torch.empty((rows, triton.cdiv(cols, _block(cols, x.device))), dtype=torch.int32, device=x.device)
+        packed, local = _best(
+            _race_kernel, x, n, mv, tv, _rowvec(cut, mv), _rowvec(min_p, mv), *stream, start, out=(count,),
+            HAS_CUT=cut is not None, HAS_MINP=min_p is not None,
         )  # fmt: skip
-        count = (keys > _NEG_INF).sum(dim=1)  # a kept entry's key is finite
-        local = min(n, cols)
-        top = torch.topk(keys, local, dim=1)
-        best, ids = top.values, top.indices + start[0]
-        ids = torch.where(best > _NEG_INF, ids, -1)
-        if local < n:
-            best = torch.cat([best, best.new_full((rows, n - local), _NEG_INF)], dim=1)
-            ids = torch.cat([ids, ids.new_full((rows, n - local), -1)], dim=1)
-        return best, ids, count
+        ids = torch.where(local >= 0, local + start[0], -1)
+        return pad_columns(_packed_values(packed), n, _NEG_INF), pad_columns(ids, n, -1), count.sum(dim=1)
