@@ -155,3 +155,18 @@ def record_tensor_sizes(monkeypatch: pytest.MonkeyPatch, module) -> list[int]:
     for name in made:
         monkeypatch.setattr(module.torch, name, recording(name))
     return sizes
+
+
+@pytest.fixture(params=["topk", "sort"])
+def block_select(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The Triton race's and top values' per-block W best by ``tl.topk`` or, as on Triton before 3.4, by a full
+    sort (the interpreter only: on a GPU the switch is read at compile time)."""
+    if request.param == "sort":
+        if DEVICE.type == "cuda":
+            pytest.skip("the switch is read at compile time; the interpreter covers the sort")
+        import triton.language as tl
+
+        from stablesoftmax.backends import triton_sampling
+
+        monkeypatch.setattr(triton_sampling, "_HAS_TOPK", tl.constexpr(False))
+    return request.param

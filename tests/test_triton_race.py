@@ -21,7 +21,6 @@ import stablesoftmax as ss
 if not os.environ.get("CI") and not ss.available_backends()["triton"].available:
     pytest.skip("the Triton backend is unavailable here", allow_module_level=True)
 
-import triton.language as tl
 
 from stablesoftmax.backends import torch_sampling as R
 from stablesoftmax.backends import triton_sampling as T
@@ -36,16 +35,6 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(T, "_BLOCK_INTERP", BLOCK)
         monkeypatch.setattr(T, "_COUNT_BLOCK_INTERP", 64)
         monkeypatch.setattr(T, "_MASS_BLOCK_INTERP", 64)
-
-
-@pytest.fixture(params=["topk", "sort"])
-def block_select(request, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The blocks' W best by ``tl.topk`` or, as on Triton before 3.4, by a full sort."""
-    if request.param == "sort":
-        if DEVICE.type == "cuda":
-            pytest.skip("the switch is read at compile time; the interpreter covers the sort")
-        monkeypatch.setattr(T, "_HAS_TOPK", tl.constexpr(False))
-    return request.param
 
 
 def _streams(rows: int):

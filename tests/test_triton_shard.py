@@ -24,7 +24,6 @@ from stablesoftmax.backends import torch_shard
 
 import_or_skip_off_ci("triton", "the Triton shard kernels")
 
-import triton.language as tl  # noqa: E402
 
 from stablesoftmax.backends import triton_launch, triton_sampling  # noqa: E402
 from stablesoftmax.backends import triton_shard as T  # noqa: E402
@@ -34,16 +33,6 @@ ROWS, COLS = 6, 700
 # z * log2(e)) is off by up to ~|z| * 6e-8 relative, and its log by ~1e-7 absolute
 EXP_RTOL = 2e-6 if DEVICE.type == "cpu" else 1e-5
 LOG_ATOL = 1e-6 if DEVICE.type == "cpu" else 1e-5
-
-
-@pytest.fixture(params=["topk", "sort"])
-def block_select(request, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The blocks' W best (top values, race) by ``tl.topk`` or, as on Triton before 3.4, by a full sort."""
-    if request.param == "sort":
-        if DEVICE.type == "cuda":
-            pytest.skip("the switch is read at compile time; the interpreter covers the sort")
-        monkeypatch.setattr(triton_sampling, "_HAS_TOPK", tl.constexpr(False))
-    return request.param
 
 
 def _case(dtype: torch.dtype, seed: int):
