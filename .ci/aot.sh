@@ -3,7 +3,8 @@
 # ../shared/tools/aot_sweep.py, see its README) calls the real launch wrappers with meta tensors, so the planners choose the configurations, and compiles
 # each one for sm_80 / sm_90 / sm_100 (ptxas -v: registers, spills; PTX: load/store widths; sm_90 SASS per element).
 # A fixed budget: the --quick subset for every target (~575 compiles), then the default sampling sweep on sm_90
-# (~560 compiles: decode batches of 1 and 64 at 152,064, GPT-2's odd 50,257, 4,096 short rows, 2^20; 1 / 4 / 256
+# (~700 compiles: decode batches of 1 and 64 at 152,064, GPT-2's odd 50,257, 4,096 short rows, 2^20, 2^24 (block
+# summaries read in pieces); 1 / 4 / 256
 # samples; float16 / float32 logits and float16 / float64 probabilities; the tensor-parallel shard kernels at 19,008,
 # 25,129 and 76,032 columns), ~7 min on 2 busy cores. FAILS on any
 # compile error, any spill, a float32-accumulated fused softmax on aligned rows over the H200 budget of 28 sm_90

@@ -180,7 +180,7 @@ def sampling_launches(repo, full, quick, wide=False):
                   (1, 262144), (4096, 1000), (1, 8), (4096, 8)]
         nset = (1, 4, 256)
     else:  # decode batch 1 and 64 of Qwen's vocabulary, GPT-2's odd one, short rows in bulk
-        shapes = [(1, 152064), (64, 152064), (256, 50257), (4096, 1000), (1, 2**20)]
+        shapes = [(1, 152064), (64, 152064), (256, 50257), (4096, 1000), (1, 2**20), (1, 2**24)]
         nset = (1, 4, 256)
     ldtypes = ("float16", "bfloat16", "float32") if (full or wide) else ("float16", "float32") if not quick \
         else ("float16",)

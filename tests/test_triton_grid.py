@@ -279,3 +279,29 @@ def test_sampling_cut_grids_give_the_same_tokens(monkeypatch, tiny_limits, gen, 
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     assert (want[0] >= 0).any()
+
+
+@pytest.mark.parametrize("replacement,top_k", [(True, False), (True, True), (False, False)])
+def test_rows_of_more_blocks_than_a_tile_read_their_block_summaries_in_pieces(monkeypatch, gen, replacement, top_k):
+    # blocks of 16 columns, 63 a row, and block maxima / sums / arguments read 4 at a time (on a GPU: rows of
+    # more than 4,096 blocks, V > 2^22): the tokens and log-probabilities of reading them all at once, bit for
+    # bit (the interpreter's cumsum is sequential, and the pieces add the carry first); a greedy row, a row
+    # whose maximum lies in the last piece, and a NaN row
+    monkeypatch.setattr(T, "_BLOCK_INTERP", 16)
+    logits = torch.randn(5, 1000, generator=gen).mul_(3).half()
+    logits[1, 997] = 30.0  # row 1's maximum in the last block
+    logits[2, 998] = 30.0  # the greedy row's argmax in the last piece
+    logits[4, 500] = math.nan
+    logits = logits.to(DEVICE)
+    n = 20 if replacement else 6
+    want = _draws(logits, n, replacement, top_k)
+    monkeypatch.setattr(T, "_NB_TILE", 4)
+    plan = T._Plan(5, 1000, n, logits.device)
+    assert plan.nb == 63 and plan.NB_P2 == 4, vars(plan)
+    got = _draws(logits, n, replacement, top_k)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    tokens, _, probs_tokens = got
+    assert tokens[2, 0] == 998 and (tokens[2] == 998).all() == replacement  # greedy: the n largest without
+    assert (tokens[4] == -1).all() and (tokens[[0, 1, 3]] >= 0).all()
+    assert (probs_tokens[[0, 1, 3]] >= 0).all()

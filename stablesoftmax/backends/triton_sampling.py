@@ -43,6 +43,10 @@ tiny per-row kernel for the last step (``HBC = 8192``, ``HBM = 4096``): 15 launc
                        that block and a float64 ``tl.cumsum`` -> the index; greedy, NaN and
                        empty rows; log-probabilities ``z_i - log S``.
 
+Every kernel reads a row's block summaries (maxima, sums, arguments) ``_NB_TILE`` (4,096) at a time, so
+rows of more blocks (V > 2^22 on a GPU) take several steps in block order instead of one tile of 2^14
+float64 sums (which spilled ~2 KB a thread); every block kernel still reads all of its row's maxima.
+
 Without replacement ``_block_kernel`` keeps each block's ``W`` best race candidates (``W`` the power of
 two from ``min(n, V)``, at most a block), the key and the column packed into one int64 (greedy rows: the
 logit's key, lowest column first on ties): a (rows, nb, W) workspace, never (rows, V) keys (2.5 GB at
@@ -92,6 +96,9 @@ _MASS_BITS = 4
 # Rows per program of the select's set-up kernel (at most 4,096 block maxima a program), and
 # partial histograms summed per step of a select kernel (8 x 256: 16 values a thread).
 _INIT_ROWS = 16
+# Block summaries (maxima, sums) a program reads at a time: a row of more blocks (V > 4,096 x B, 2^22 on a
+# GPU) is read in pieces (the draw kernel's float64 prefix of 2^14 blocks spilled ~2 KB a thread).
+_NB_TILE = 4096
 _SELECT_BLOCKS = 8
 # Mass blocks a row up to which each mass round's programs take the previous round's select step themselves
 # (each reads the row's nbm x 16 partials: 8 KB at 64 blocks, V <= 262,144 on a GPU); above, a select kernel
@@ -235,13 +242,31 @@ def _weights(x, m, tdiv, thr, minp, HAS_THR: tl.constexpr, HAS_MINP: tl.constexp
 
 @triton.jit
 def _row_max(ws_max_ptr, rows, rmask, nb, NB_P2: tl.constexpr):
-    """Per row (vector ``rows``): NaN-free max over the block maxima, and whether a NaN was seen."""
-    j = tl.arange(0, NB_P2)
-    msk = rmask[:, None] & (j[None, :] < nb)
-    bm = tl.load(ws_max_ptr + rows[:, None] * nb + j[None, :], mask=msk, other=-float("inf"))
-    is_nan = bm != bm
-    m = tl.max(tl.where(is_nan, -float("inf"), bm), axis=1)
-    return m, tl.max(is_nan.to(tl.int32), axis=1) > 0
+    """Per row (vector ``rows``): NaN-free max over the block maxima, and whether a NaN was seen (``NB_P2``
+    block maxima at a time: exact in any order)."""
+    m = tl.full(rows.shape, -float("inf"), tl.float32)
+    nan = tl.zeros(rows.shape, tl.int32)
+    for c in range(0, nb, NB_P2):
+        j = c + tl.arange(0, NB_P2)
+        msk = rmask[:, None] & (j[None, :] < nb)
+        bm = tl.load(ws_max_ptr + rows[:, None] * nb + j[None, :], mask=msk, other=-float("inf"))
+        is_nan = bm != bm
+        m = tl.maximum(m, tl.max(tl.where(is_nan, -float("inf"), bm), axis=1))
+        nan = tl.maximum(nan, tl.max(is_nan.to(tl.int32), axis=1))
+    return m, nan > 0
+
+
+@triton.jit
+def _block_prefix(sum_ptr, at, j0, c, nb, carry):
+    """Inclusive float64 prefix of block sums ``c + j0`` of the row at ``sum_ptr + at`` after ``carry`` (the
+    sums of the blocks before ``c``), whether one is NaN (probabilities: an invalid entry), and the mask."""
+    j = c + j0
+    jm = j < nb
+    sums = tl.load(sum_ptr + at + j, mask=jm, other=0.0)
+    invalid = tl.max((sums != sums).to(tl.int32), axis=0)
+    sums = tl.where(sums < float("inf"), sums, 0.0)  # only a NaN row (its +inf hidden from the max) sums to inf
+    incl = tl.cumsum(tl.where(j0 == 0, sums + carry, sums), axis=0)  # the carry first, as one sequential sum
+    return incl, invalid, jm
 
 
 # --------------------------------------------------------------------------- kernels
@@ -522,24 +547,35 @@ def _draw_kernel(
     WANT_LP: tl.constexpr, SB: tl.constexpr, B: tl.constexpr, NB_P2: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64) + pid0
-    j = tl.arange(0, NB_P2)
-    jm = j < nb
-    sums = tl.load(sum_ptr + row * nb + j, mask=jm, other=0.0)
-    row_invalid = tl.max((sums != sums).to(tl.int32), axis=0) > 0  # probabilities: an invalid entry
-    sums = tl.where(sums < float("inf"), sums, 0.0)  # only a NaN row (its +inf hidden from the max) sums to inf
-    incl = tl.cumsum(sums, axis=0)  # float64 prefix of the block sums
-    total = tl.max(incl, axis=0)
-    last_all = tl.max(tl.load(last_ptr + row * nb + j, mask=jm, other=-1), axis=0)
+    # NB_P2 block sums at a time (all of them but on rows of more than _NB_TILE blocks): the float64 prefix
+    # of the block sums in block order, twice (the total, then each target's block), recomputed alike
+    j0 = tl.arange(0, NB_P2)
+    total = tl.sum(tl.zeros([NB_P2], tl.float64), axis=0)
+    invalid = tl.max(tl.zeros([NB_P2], tl.int32), axis=0)
+    last_all = tl.max(tl.full([NB_P2], -1, tl.int32), axis=0)
+    for c in range(0, nb, NB_P2):
+        incl, bad, jm = _block_prefix(sum_ptr, row * nb, j0, c, nb, total)
+        total = tl.max(incl, axis=0)  # the prefix never decreases
+        invalid = tl.maximum(invalid, bad)
+        last_all = tl.maximum(last_all, tl.max(tl.load(last_ptr + row * nb + c + j0, mask=jm, other=-1), axis=0))
+    row_invalid = invalid > 0  # probabilities: an invalid entry
 
     k = (tl.program_id(1) + pid1) * SB + tl.arange(0, SB)
     kmask = k < n
     seed = tl.load(seed_ptr + row)
     r0, _, _, _ = _stream(seed, tl.load(rowid_ptr + row), tl.load(off_ptr + row), k.to(tl.uint32))
     target = r0.to(tl.float64) * 2.3283064365386963e-10 * total
-    # the block: how many inclusive block prefixes are <= the target
-    b = tl.sum(((incl[None, :] <= target[:, None]) & jm[None, :]).to(tl.int32), axis=1)
+    # the block: how many inclusive block prefixes are <= the target; the prefix before it
+    b = tl.zeros([SB], tl.int32)
+    excl = tl.zeros([SB], tl.float64)
+    carry = tl.sum(tl.zeros([NB_P2], tl.float64), axis=0)
+    for c in range(0, nb, NB_P2):
+        incl, _again, jm = _block_prefix(sum_ptr, row * nb, j0, c, nb, carry)
+        carry = tl.max(incl, axis=0)
+        below = (incl[None, :] <= target[:, None]) & jm[None, :]
+        b += tl.sum(below.to(tl.int32), axis=1)
+        excl = tl.maximum(excl, tl.max(tl.where(below, incl[None, :], 0.0), axis=1))
     in_range = b < nb
-    excl = tl.max(tl.where(j[None, :] < b[:, None], incl[None, :], 0.0), axis=1)
     t_local = target - excl
     bc = tl.minimum(b, nb - 1)
     cols = bc[:, None] * B + tl.arange(0, B)[None, :]
@@ -570,11 +606,16 @@ def _draw_kernel(
     if IS_PROBS:
         tok = tl.where(row_invalid, -1, tok)
     else:
-        bm = tl.load(ws_max_ptr + row * nb + j, mask=jm, other=-float("inf"))
         m1 = tl.sum(m, axis=0)  # the (1,)-vector as a scalar
         nan1 = tl.sum(has_nan.to(tl.int32), axis=0) > 0
-        args = tl.load(ws_arg_ptr + row * nb + j, mask=jm, other=2147483647)
-        arg = tl.min(tl.where(jm & (bm == m1), args, 2147483647), axis=0).to(tl.int64)
+        arg = tl.min(tl.full([NB_P2], 2147483647, tl.int32), axis=0)  # the lowest column at the row maximum
+        for c in range(0, nb, NB_P2):
+            j = c + j0
+            jm = j < nb
+            bm = tl.load(ws_max_ptr + row * nb + j, mask=jm, other=-float("inf"))
+            args = tl.load(ws_arg_ptr + row * nb + j, mask=jm, other=2147483647)
+            arg = tl.minimum(arg, tl.min(tl.where(jm & (bm == m1), args, 2147483647), axis=0))
+        arg = arg.to(tl.int64)
         greedy = t == 0.0
         tok = tl.where(greedy, tl.where(m1 > -float("inf"), arg, -1), tok)
         tok = tl.where(nan1, -1, tok)
@@ -605,7 +646,7 @@ class _Plan:
         if num_samples >= _MANY_SAMPLES:  # each sample re-reads one block: balance block and search
             self.B = min(self.B, max(16, _next_pow2(math.isqrt(cols - 1) + 1)))
         self.nb = triton.cdiv(cols, self.B)
-        self.NB_P2 = _next_pow2(self.nb)
+        self.NB_P2 = min(_next_pow2(self.nb), _NB_TILE)  # block summaries a program holds at a time
         rows_p2 = _next_pow2(rows)
         self.R = max(1, min(rows_p2, tile // self.B))
         # the radix select's top-k count rounds and top-p mass rounds
