@@ -306,16 +306,6 @@ def logprobs_of(
     return (summed[:, 2:].to(acc) - log_total).to(local_logits.dtype).view(tokens.shape)
 
 
-def _key_value(key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The value of ``dtype`` whose order key (:func:`torch_shard.order_key`) is ``key`` (int64)."""
-    if dtype == torch.float32:
-        signed = key - 2**31
-        bits = torch.where(signed < 0, signed ^ 0x7FFFFFFF, signed)
-        return bits.to(torch.int32).view(torch.float32)
-    signed = key ^ -(2**63)
-    return torch.where(signed < 0, signed ^ 0x7FFFFFFFFFFFFFFF, signed).view(torch.float64)
-
-
 def _radix_cut(
     comm: _Comm,
     kernels: ModuleType,
@@ -352,7 +342,7 @@ def _radix_cut(
         chosen = chosen.clamp_max(255)
         mass_above = strictly.gather(1, chosen)
         prefix = (prefix << 8) | chosen
-    value = _key_value(prefix, m.dtype)[:, :1].to(m.dtype)
+    value = torch_shard.key_value(prefix, m.dtype)[:, :1].to(m.dtype)
     return torch.where(found, value, math.inf)
 
 

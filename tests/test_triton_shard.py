@@ -165,7 +165,7 @@ def test_equal_values_rank_the_lowest_column_first(block_select: str) -> None:
     m = torch.zeros(2, 1, device=DEVICE)
     t = torch.ones(2, 1, device=DEVICE)
     for k in (1, 9, 100):
-        packed, col = T._best(T._top_kernel, x, k, m.reshape(-1), t.reshape(-1))
+        packed, col, _ = T._best(T._top_kernel, x, k, m.reshape(-1), t.reshape(-1))
         assert col[0].tolist() == list(range(k)) and col[1].tolist() == list(range(600, 600 + k)), k
         assert torch.equal(triton_sampling._packed_values(packed[0]), torch.zeros(k, device=DEVICE))
 

@@ -21,7 +21,7 @@ import torch
 from .torch_sampling import _counters, pad_columns, philox, race_uniform
 from .torch_softmax import _shifted
 
-__all__ = ["histogram", "kept_mass", "order_key", "race", "search", "top_values", "z_of"]
+__all__ = ["histogram", "kept_mass", "key_value", "order_key", "race", "search", "top_values", "z_of"]
 
 _NEG_INF = float("-inf")
 
@@ -92,6 +92,16 @@ def order_key(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     bits = z.view(torch.int64)
     signed = torch.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
     return signed ^ -(2**63), 64
+
+
+def key_value(key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The value of ``dtype`` (float32 or float64) whose order key (:func:`order_key`) is ``key`` (int64)."""
+    if dtype == torch.float32:
+        signed = key - 2**31
+        bits = torch.where(signed < 0, signed ^ 0x7FFFFFFF, signed)
+        return bits.to(torch.int32).view(torch.float32)
+    signed = key ^ -(2**63)
+    return torch.where(signed < 0, signed ^ 0x7FFFFFFFFFFFFFFF, signed).view(torch.float64)
 
 
 def histogram(

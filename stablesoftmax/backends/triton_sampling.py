@@ -73,6 +73,7 @@ import triton.language as tl
 
 from . import torch_sampling as _reference
 from .torch_sampling import pad_columns
+from .torch_shard import key_value
 from .torch_softmax import _shifted
 from .triton_launch import grid_pieces, launch_guard
 
@@ -713,9 +714,8 @@ def _race_merge(cand: torch.Tensor, num_samples: int, cols: int) -> tuple[torch.
 
 
 def _packed_values(packed: torch.Tensor) -> torch.Tensor:
-    """float32 values of packed candidates' keys (:func:`_from_key` of the high word), ``-inf`` where none."""
-    key = (packed >> 32).to(torch.int32)
-    value = torch.where(key < 0, key ^ 0x7FFFFFFF, key).view(torch.float32)
+    """float32 values of packed candidates' keys (the high word, a signed :func:`_key`), ``-inf`` where none."""
+    value = key_value((packed >> 32) + 2**31, torch.float32)  # the unsigned order key of torch_shard
     return torch.where(packed > _NO_CANDIDATE.value, value, -math.inf)
 
 

@@ -478,17 +478,21 @@ def histogram(
         return torch.cumsum(hist, dim=1)[:, -1]
 
 
-def _best(kernel, x: torch.Tensor, n: int, *args, out: tuple = (), **meta) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(packed, col)`` (rows, min(n, cols)): the ``n`` best packed candidates of each row, decreasing, from
-    ``kernel``'s per-block ``W`` best (rows, nb, W) (:func:`.triton_sampling._race_merge`). The kernel takes
-    ``(x, stride, cols, *args, cand, *out, nb, pid0, pid1)`` and ``meta`` with ``B`` and ``W``."""
+def _best(
+    kernel, x: torch.Tensor, n: int, *args, per_block: tuple[torch.dtype, ...] = (), **meta
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``(packed, col, outputs)``: the ``n`` best packed candidates of each row, decreasing, and their columns,
+    (rows, min(n, cols)), from ``kernel``'s per-block ``W`` best (rows, nb, W)
+    (:func:`.triton_sampling._race_merge`), and one (rows, nb) output per dtype of ``per_block``. The kernel
+    takes ``(x, stride, cols, *args, cand, *outputs, nb, pid0, pid1)`` and ``meta`` with ``B`` and ``W``."""
     rows, cols = x.shape
     block = _block(cols, x.device)
     nb = triton.cdiv(cols, block)
     width = _race_width(n, cols, block)
     cand = torch.empty((rows, nb, width), dtype=torch.int64, device=x.device)
-    _launch(kernel, (rows, nb), x, x.stride(0), cols, *args, cand, *out, nb, B=block, W=width, **meta)
-    return _race_merge(cand, n, cols)
+    outputs = tuple(torch.empty((rows, nb), dtype=dtype, device=x.device) for dtype in per_block)
+    _launch(kernel, (rows, nb), x, x.stride(0), cols, *args, cand, *outputs, nb, B=block, W=width, **meta)
+    return *_race_merge(cand, n, cols), outputs
 
 
 def top_values(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
@@ -511,7 +515,7 @@ def top_values(x: torch.Tensor, m: torch.Tensor, t: torch.Tensor, k: int) -> tor
         return torch_shard.top_values(x, m, t, k)
     with launch_guard(x):
         x = _shard(x)
-        packed, _ = _best(_top_kernel, x, k, _rowvec(m, x), _rowvec(t, x))
+        packed, _, _ = _best(_top_kernel, x, k, _rowvec(m, x), _rowvec(t, x))
         return pad_columns(_packed_values(packed), k, _NEG_INF)
 
 
@@ -550,14 +554,12 @@ def race(
         return torch_shard.race(x, m, t, cut, min_p, seed, row_id, offset, col0, n)
     with launch_guard(x):
         x = _shard(x)
-        rows, cols = x.shape
         mv, tv = _rowvec(m, x), _rowvec(t, x)
         stream = [_rowvec(v, x, torch.int64) for v in (seed, row_id, offset)]
         start = torch.as_tensor(col0, dtype=torch.int64, device=x.device).reshape(1)
-        count = torch.empty((rows, triton.cdiv(cols, _block(cols, x.device))), dtype=torch.int32, device=x.device)
-        packed, local = _best(
-            _race_kernel, x, n, mv, tv, _rowvec(cut, mv), _rowvec(min_p, mv), *stream, start, out=(count,),
-            HAS_CUT=cut is not None, HAS_MINP=min_p is not None,
+        packed, local, (count,) = _best(
+            _race_kernel, x, n, mv, tv, _rowvec(cut, mv), _rowvec(min_p, mv), *stream, start,
+            per_block=(torch.int32,), HAS_CUT=cut is not None, HAS_MINP=min_p is not None,
         )  # fmt: skip
         ids = torch.where(local >= 0, local + start[0], -1)
         return pad_columns(_packed_values(packed), n, _NEG_INF), pad_columns(ids, n, -1), count.sum(dim=1)
