@@ -469,26 +469,72 @@ def compile_job(job):
             if want_sass:
                 r = subprocess.run([cuobj, "-sass", f.name], capture_output=True, text=True, timeout=120)
                 res.update(sass_counts(r.stdout))
+                if hasattr(mod, "_RARE_CASES"):
+                    res.update({f"usual_{k}": v for k, v in usual_sass(mod, fn, sig, cx, attrs, target, options,
+                                                                       cuobj).items()})
         except Exception as exc:
             res["cu_err"] = str(exc)
     return res
 
 
+def usual_sass(mod, fn, sig, cx, attrs, target, options, cuobj):
+    """:func:`sass_counts` of the kernel compiled without its rare rows' branches (the module's
+    ``_RARE_CASES`` constexpr off: the softmax kernels' +inf rows), which a static count of the kernel or of a
+    loop would otherwise count as if every element took them: the SASS of the usual path."""
+    import triton
+    import triton.language as tl
+    from triton.compiler import ASTSource
+
+    saved = mod._RARE_CASES
+    mod._RARE_CASES = tl.constexpr(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs), target=target,
+                               options=options)
+    finally:
+        mod._RARE_CASES = saved
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        r = subprocess.run([cuobj, "-sass", f.name], capture_output=True, text=True, timeout=120)
+    return sass_counts(r.stdout)
+
+
 def sass_counts(sass):
-    """Total SASS instructions, and those of the longest innermost loop (a backward BRA's span)."""
+    """Total SASS instructions; those reachable from the kernel's entry (``sass_reach``: not the subroutines of
+    the slow paths, e.g. a division's, which ptxas places past the EXIT and calls only for rare operands, nor
+    the padding); of each innermost loop (a backward BRA's span), in address order (``sass_loops``), and of the
+    longest one (``sass_loop``)."""
     ins = []
     for ln in sass.splitlines():
         m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", ln)
         if m:
             ins.append((int(m.group(1), 16), m.group(2).strip()))
+    at = {a: i for i, (a, _) in enumerate(ins)}
     spans = []
     for a, t in ins:
         m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", t)
         if m and int(m.group(1), 16) < a:
             spans.append((int(m.group(1), 16), a))
-    inner = [sp for sp in spans if not any(o != sp and sp[0] <= o[0] and o[1] <= sp[1] for o in spans)]
-    body = max((sum(1 for x, _ in ins if lo <= x <= hi) for lo, hi in inner), default=0)
-    return dict(sass_total=len(ins), sass_loop=body)
+    inner = sorted(sp for sp in spans if not any(o != sp and sp[0] <= o[0] and o[1] <= sp[1] for o in spans))
+    loops = [sum(1 for x, _ in ins if lo <= x <= hi) for lo, hi in inner]
+    seen, todo = set(), [0] if ins else []
+    while todo:  # a call returns to the next instruction; a predicated EXIT or BRA goes on for the other threads
+        i = todo.pop()
+        if i in seen or i >= len(ins):
+            continue
+        seen.add(i)
+        text = ins[i][1]
+        pred = text.startswith("@")
+        op = text.split()[1] if pred and len(text.split()) > 1 else text.split()[0]
+        if op.startswith(("EXIT", "RET", "BRA")):
+            if op.startswith("BRA") and (m := re.search(r"(0x[0-9a-f]+)", text)) and int(m.group(1), 16) in at:
+                todo.append(at[int(m.group(1), 16)])
+            if pred:
+                todo.append(i + 1)
+        else:
+            todo.append(i + 1)
+    return dict(sass_total=len(ins), sass_loop=max(loops, default=0), sass_loops=loops, sass_reach=len(seen))
 
 
 # ----------------------------------------------------------------------------- occupancy
@@ -635,7 +681,7 @@ def main():
     # 4. tables
     hdr = ["arch", "kernel", "config", "dtypes", "spec", "ok", "regs", "spill st/ld", "stack", "smem", "CTA/SM",
            "warps/SM", "hot ld bits", "hot st bits", "vec", "loops", "math", "example shape", "grid", "elts/thr",
-           "SASS/elt", "SASS total", "compile s", "hot f64"]
+           "SASS/elt", "SASS total", "compile s", "hot f64", "SASS/elt loops"]
     table = []
     for key in sorted(jobs, key=lambda k: (rows_of[k]["arch"], rows_of[k]["kernel"], rows_of[k]["cfg"],
                                            rows_of[k]["dtypes"], rows_of[k]["spec"])):
@@ -654,18 +700,21 @@ def main():
             vec = "y" if widest >= max(64, 2 * eb) else ("n" if widest else "-")
             if vec == "n" and ept * eb <= widest:
                 vec = "n(tile)"
-            n_sass = res.get("sass_loop") or res.get("sass_total") or 0
+            # the usual path's (softmax: compiled without the +inf rows' branches) where there is one
+            pre = "usual_" if "usual_sass_reach" in res else ""
+            n_sass = res.get(pre + "sass_loop") or res.get(pre + "sass_reach") or res.get("sass_total") or 0
             spe = f"{n_sass / ept:.1f}" if ept >= 1 and n_sass else "-"
+            spe_loops = "/".join(f"{n / ept:.1f}" for n in res.get(pre + "sass_loops", [])) if ept >= 1 else ""
             table.append([f"sm_{info['arch']}", info["kernel"], info["cfg"], info["dtypes"], info["spec"], "ok",
                           res["regs"], f"{res['spill_st']}/{res['spill_ld']}", res["stack"], res["smem"], ctas, wps,
                           ld, res["st_hot"], vec, res["loops"], res["math"], "x".join(map(str, info["shape"])),
                           "x".join(map(str, info["grid"])), f"{ept:g}", spe, res.get("sass_total"),
-                          f"{res['secs']:.2f}", res["f64_hot"]])
+                          f"{res['secs']:.2f}", res["f64_hot"], spe_loops])
         else:
             table.append([f"sm_{info['arch']}", info["kernel"], info["cfg"], info["dtypes"], info["spec"], "FAIL",
                           "", "", "", "", "", "", "", "", "", "", res.get("error", ""),
                           "x".join(map(str, info["shape"])), "x".join(map(str, info["grid"])), "", "", "",
-                          f"{res.get('secs', 0):.2f}", ""])
+                          f"{res.get('secs', 0):.2f}", "", ""])
 
     import csv
 

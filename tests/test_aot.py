@@ -103,3 +103,67 @@ def test_short_fused_rows_lie_within_one_warp(cols, dtype):
     assert lanes_per_row <= 32 and 32 % lanes_per_row == 0, plan
     assert plan.block // lanes_per_row == min(32, plan.block), plan
     assert plan.rows_per_program * lanes_per_row >= 32 * plan.num_warps, plan
+
+
+def _aot_tool():
+    """The AOT sweep tool as a module; the environment it sets for its compiles (no interpreter) undone."""
+    import importlib.util
+    import os
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / ".ci" / "aot_sweep.py"
+    spec = importlib.util.spec_from_file_location("aot_sweep", path)
+    mod = importlib.util.module_from_spec(spec)
+    saved = dict(os.environ)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return mod
+
+
+_SASS = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   ISETP.GE.AND P0, PT, R0, 0x4, PT ;
+        /*0020*/               @P0 BRA 0x0060 ;
+        /*0030*/                   FADD R1, R1, R2 ;
+        /*0040*/                   FADD R1, R1, R3 ;
+        /*0050*/                   BRA 0x0020 ;
+        /*0060*/                   CALL.REL.NOINC 0x00b0 ;
+        /*0070*/               @P1 EXIT ;
+        /*0080*/                   STG.E desc[UR4][R2.64], R1 ;
+        /*0090*/                   EXIT ;
+        /*00a0*/                   BRA 0x00a0;
+        /*00b0*/                   MUFU.RCP R4, R5 ;
+        /*00c0*/                   RET.REL.NODEC R20 0x0 ;
+"""
+
+
+def test_sass_counts_leave_out_subroutines_and_padding():
+    # the AOT check's SASS per element: the loop's span, and the kernel's reachable instructions: not the
+    # division's slow-path subroutine (called; it returns) nor the padding past the last EXIT
+    counts = _aot_tool().sass_counts(_SASS)
+    assert counts == dict(sass_total=13, sass_loop=4, sass_loops=[4], sass_reach=10), counts
+
+
+def test_softmax_without_the_rare_branches_is_the_usual_path(monkeypatch, gen):
+    # what the AOT check counts (the kernels compiled with _RARE_CASES off) computes the same outputs on rows
+    # without +inf, on the fused and the long-row paths (interpreter)
+    x = torch.randn(3, 20_000, generator=gen).mul_(4).half()
+    x[1, 7] = -float("inf")
+    short = x[:, :300].contiguous()
+    want = []
+    for t in (x, short):
+        for lg in (False, True):
+            out = torch.empty_like(t)
+            S.softmax_forward(t, out, lg)
+            want.append(out)
+    monkeypatch.setattr(S, "_RARE_CASES", triton.language.constexpr(False))
+    i = 0
+    for t in (x, short):
+        for lg in (False, True):
+            out = torch.empty_like(t)
+            S.softmax_forward(t, out, lg)
+            torch.testing.assert_close(out, want[i], rtol=0, atol=0)
+            i += 1

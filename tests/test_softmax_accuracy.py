@@ -84,6 +84,27 @@ def test_float64_output_near_zero(path, in_dtype, cols, gen):
     assert_close_to_reference(out, ref, True)
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("ties", [1, 2, 7, 3000], ids=str)
+def test_log_softmax_of_long_rows_with_many_entries_at_the_max(path, ties, out_dtype, gen):
+    """``log S = log(c + d)``, ``c`` entries at the max and the others' tiny sum ``d``, on the long-row paths
+    (blocks whose partials count their entries at the max): spread over every block (row 0), all in one
+    block (row 1), and a row whose blocks have different maxima (row 2, the count of the lower ones dropped)."""
+    cols = 20_000 if INTERPRETED and path == "triton" else 70_000
+    x = (-25 - 5 * torch.rand(3, cols, generator=gen, dtype=torch.float64)).half()
+    x[0, torch.randperm(cols, generator=gen)[:ties]] = 1.0
+    x[1, 5000 : 5000 + ties] = 1.0
+    x[2, torch.randperm(cols, generator=gen)[:ties]] = 1.0
+    x[2, :4096] = torch.where(x[2, :4096] == 1.0, 0.5, x[2, :4096])  # (a lower max in the first block)
+    x = x.to(DEVICE)
+    out = ss.log_softmax(x, -1, dtype=out_dtype)
+    ref = reference(x, -1, True)
+    at_max = x == x.amax(-1, keepdim=True)
+    tol = 1e-12 if out_dtype == torch.float64 else 2e-6
+    assert _rel_err_at(out[at_max], ref[at_max]) < tol
+    assert_close_to_reference(out, ref, True)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", [(1, 70_000), (6, 70_000), (64, 3000)], ids=str)
 def test_every_path_of_long_rows(path, dtype, shape, gen):

@@ -305,3 +305,57 @@ def test_rows_of_more_blocks_than_a_tile_read_their_block_summaries_in_pieces(mo
     assert tokens[2, 0] == 998 and (tokens[2] == 998).all() == replacement  # greedy: the n largest without
     assert (tokens[4] == -1).all() and (tokens[[0, 1, 3]] >= 0).all()
     assert (probs_tokens[[0, 1, 3]] >= 0).all()
+
+
+def _spy(monkeypatch, module, name):
+    """The keyword arguments of every launch of ``module.name``, which still runs."""
+    kernel, seen = getattr(module, name), []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs)
+                return kernel[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(module, name, Spy())
+    return seen
+
+
+@pytest.mark.parametrize("replacement", [True, False])
+def test_rows_of_many_blocks_take_their_max_computed_once(monkeypatch, gen, replacement):
+    # blocks of 16 columns, 63 a row, and "many blocks" lowered to 8 (on a GPU: rows of more than 1,024 blocks,
+    # V > 2^20, whose block kernel programs would each read all of the row's block maxima): without top-k /
+    # top-p the block kernels are given the row's max, computed once; the tokens and log-probabilities are
+    # those of each program's own max, bit for bit. A row with two +inf, a greedy row, a row of -inf, a NaN row.
+    monkeypatch.setattr(T, "_BLOCK_INTERP", 16)
+    logits = torch.randn(5, 1000, generator=gen).mul_(3).half()
+    logits[1, [3, 990]] = math.inf
+    logits[2, 998] = 30.0
+    logits[3] = -math.inf
+    logits[4, 500] = math.nan
+    logits = logits.to(DEVICE)
+    n = 20 if replacement else 6
+    spied = _spy(monkeypatch, T, "_block_kernel")
+    want = _draws(logits, n, replacement, False)
+    assert [kw["ROW_MAX"] for kw in spied] == [False, False]  # (logits, then probabilities)
+    monkeypatch.setattr(T, "_ROW_MAX_BLOCKS", 8)
+    got = _draws(logits, n, replacement, False)
+    assert [kw["ROW_MAX"] for kw in spied[2:]] == [True, False]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    tokens, lp, _ = got
+    inf_draws = tokens[1] if replacement else tokens[1, :2]  # (without replacement: then the row runs out)
+    assert set(inf_draws.tolist()) == {3, 990} and (tokens[1, 2:] == -1).all() != replacement
+    assert tokens[2, 0] == 998 and (tokens[2] == 998).all() == replacement
+    assert (tokens[3:] == -1).all() and (tokens[[0, 2]] >= 0).all()
+    assert torch.isfinite(lp[[0, 2]]).all() and lp[3:].isnan().all()
+
+
+def test_top_k_and_top_p_rows_take_the_select_row_max(monkeypatch, gen):
+    # the select's set-up kernel has each row's max: the block kernels are given it at any row length
+    spied = _spy(monkeypatch, T, "_block_kernel")
+    logits = torch.randn(5, 300, generator=gen).mul_(3).half().to(DEVICE)
+    _draws(logits, 4, True, True)
+    assert [kw["ROW_MAX"] for kw in spied] == [True, False]

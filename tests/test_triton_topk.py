@@ -68,7 +68,7 @@ def _triton_keep(x: torch.Tensor, temp: torch.Tensor, k: torch.Tensor | None, p:
     ws = T._workspace(rows, plan, x.device, stats=True)
     for grid, (pid0, pid1) in T.grid_pieces((triton.cdiv(rows, plan.R), plan.nb)):
         T._stats_kernel[grid](x, x.stride(0), rows, cols, ws["max"], ws["arg"], plan.nb, pid0, pid1, R=plan.R, B=plan.B)
-    thr = T._radix_threshold(x, ws["max"], plan, temp, k, p)
+    thr, _ = T._radix_threshold(x, ws["max"], plan, temp, k, p)
     return thr
 
 

@@ -45,7 +45,9 @@ tiny per-row kernel for the last step (``HBC = 8192``, ``HBM = 4096``): 15 launc
 
 Every kernel reads a row's block summaries (maxima, sums, arguments) ``_NB_TILE`` (4,096) at a time, so
 rows of more blocks (V > 2^22 on a GPU) take several steps in block order instead of one tile of 2^14
-float64 sums (which spilled ~2 KB a thread); every block kernel still reads all of its row's maxima.
+float64 sums (which spilled ~2 KB a thread). A block kernel program reads all of its row's maxima only on
+rows of at most ``_ROW_MAX_BLOCKS`` (1,024) blocks without top-k / top-p: otherwise it is given the row's
+max, computed once (those reads grow as nb^2 a row, 1 GB at V = 2^24).
 
 Without replacement ``_block_kernel`` keeps each block's ``W`` best race candidates (``W`` the power of
 two from ``min(n, V)``, at most a block), the key and the column packed into one int64 (greedy rows: the
@@ -101,6 +103,11 @@ _INIT_ROWS = 16
 # GPU) is read in pieces (the draw kernel's float64 prefix of 2^14 blocks spilled ~2 KB a thread).
 _NB_TILE = 4096
 _SELECT_BLOCKS = 8
+# Blocks a row up to which each block kernel program takes its row's max from the row's block maxima (NB_P2
+# loads at a time); a row of more blocks (V > 2^20 on a GPU) has its max computed once first (by torch,
+# sync-free), since those reads grow as nb^2 a row: 4 MB at 1,024 blocks, 1 GB at 16,384 (V = 2^24). With
+# top-k / top-p the select's set-up kernel has computed it, at any length.
+_ROW_MAX_BLOCKS = 1024
 # Mass blocks a row up to which each mass round's programs take the previous round's select step themselves
 # (each reads the row's nbm x 16 partials: 8 KB at 64 blocks, V <= 262,144 on a GPU); above, a select kernel
 # runs between rounds (nbm^2 partial reads would outgrow the round).
@@ -483,10 +490,11 @@ def _mass_select_kernel(
 
 @triton.jit
 def _block_kernel(
-    x_ptr, stride, n_rows, V, ws_max_ptr, nb, temp_ptr, thr_ptr, minp_ptr,
+    x_ptr, stride, n_rows, V, ws_max_ptr, m_ptr, nb, temp_ptr, thr_ptr, minp_ptr,
     seed_ptr, rowid_ptr, off_ptr, sum_ptr, last_ptr, key_ptr, pid0, pid1,
     IS_PROBS: tl.constexpr, ACC_F64: tl.constexpr, HAS_THR: tl.constexpr, HAS_MINP: tl.constexpr,
     RACE: tl.constexpr, W: tl.constexpr, R: tl.constexpr, B: tl.constexpr, NB_P2: tl.constexpr,
+    ROW_MAX: tl.constexpr,
 ):  # fmt: skip
     rows = (tl.program_id(0).to(tl.int64) + pid0) * R + tl.arange(0, R)
     rmask = rows < n_rows
@@ -500,7 +508,10 @@ def _block_kernel(
         log_w = tl.log(tl.where(w > 0.0, w, 1.0))
     else:
         x = tl.load(ptrs, mask=msk, other=-float("inf")).to(tl.float32)
-        m, _ = _row_max(ws_max_ptr, rows, rmask, nb, NB_P2)
+        if ROW_MAX:  # the row's (NaN-free) max, computed once for all of its blocks
+            m = tl.load(m_ptr + rows, mask=rmask, other=0.0)
+        else:  # from its block maxima (NB_P2 at a time)
+            m, _ = _row_max(ws_max_ptr, rows, rmask, nb, NB_P2)
         t = tl.load(temp_ptr + rows, mask=rmask, other=1.0)
         tdiv = tl.where(t == 0.0, 1.0, t)
         thr = 0
@@ -750,8 +761,9 @@ def _radix_threshold(
     temperature: torch.Tensor,
     top_k: torch.Tensor | None,
     top_p: torch.Tensor | None,
-) -> torch.Tensor:
-    """Per row the filter threshold, an ordered int32 key of ``z`` (keep iff ``key(z) >= thr``).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row the filter threshold, an ordered int32 key of ``z`` (keep iff ``key(z) >= thr``), and the
+    row's NaN-free max (which the set-up kernel computes from the block maxima).
 
     Top-k: the k-th largest ``x`` by a radix select on its key, 8 bits a round (count histograms),
     then ``thr = key(z(x_k))``. Top-p: the smallest key whose strictly-above mass is ``< top_p``
@@ -767,7 +779,7 @@ def _radix_threshold(
     rows, cols = logits.shape
     device = logits.device
     stride = logits.stride(0)
-    m = torch.empty(rows, dtype=torch.float32, device=device)
+    m = torch.empty(rows, dtype=torch.float32, device=device)  # the row's NaN-free max
     tdiv = torch.empty_like(m)
     cut = torch.empty_like(m)
     thr = torch.empty(rows, dtype=torch.int32, device=device)
@@ -810,7 +822,12 @@ def _radix_threshold(
                     FIRST=rnd == 0, SECOND=rnd == 1, FUSED=fused, HB=plan.HBM, CH=plan.CHM, JB=jb, BITS=_MASS_BITS,
                 )  # fmt: skip
         _mass_select(hist, plan, topp_arg, pprefix, mass, rounds_p - 1, thr, jb)
-    return thr
+    return thr, m
+
+
+def _nan_free_max(block_max: torch.Tensor) -> torch.Tensor:
+    """Per row the max of the block maxima (rows, nb) that are not NaN (exact in any order)."""
+    return torch.where(torch.isnan(block_max), -math.inf, block_max).amax(dim=1)
 
 
 def sample_rows(
@@ -854,9 +871,11 @@ def sample_rows(
                 logits, stride, rows, cols, ws["max"], ws["arg"], plan.nb, pid0, pid1, R=plan.R, B=plan.B
             )
         has_thr = top_k is not None or top_p is not None
-        thr = None
+        thr = row_max = None
         if has_thr:
-            thr = _radix_threshold(logits, ws["max"], plan, temperature, top_k, top_p)
+            thr, row_max = _radix_threshold(logits, ws["max"], plan, temperature, top_k, top_p)
+        elif plan.nb > _ROW_MAX_BLOCKS:
+            row_max = _nan_free_max(ws["max"])
         minp = min_p.contiguous() if min_p is not None else temperature
         thr_arg = thr if thr is not None else temperature
         width = 0 if replacement else _race_width(num_samples, cols, plan.B)
@@ -865,10 +884,12 @@ def sample_rows(
             cand = torch.empty((rows, plan.nb, width), dtype=torch.int64, device=device)
         for grid, (pid0, pid1) in grid_pieces((triton.cdiv(rows, plan.R), plan.nb)):
             _block_kernel[grid](
-                logits, stride, rows, cols, ws["max"], plan.nb, temperature, thr_arg, minp,
-                seed, row_id, offset, ws["sum"], ws["last"], cand if cand is not None else ws["sum"], pid0, pid1,
+                logits, stride, rows, cols, ws["max"], row_max if row_max is not None else ws["max"], plan.nb,
+                temperature, thr_arg, minp, seed, row_id, offset, ws["sum"], ws["last"],
+                cand if cand is not None else ws["sum"], pid0, pid1,
                 IS_PROBS=False, ACC_F64=False, HAS_THR=has_thr, HAS_MINP=min_p is not None,
-                RACE=not replacement, W=width, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
+                RACE=not replacement, W=width, R=plan.R, B=plan.B,
+                NB_P2=plan.NB_P2 if row_max is None else 1, ROW_MAX=row_max is not None,  # (one compile for any nb)
                 **_launch_shape(4 if replacement else plan.race_warps),
             )  # fmt: skip
         if replacement:
@@ -895,7 +916,7 @@ def sample_rows(
         if logprobs is not None:
             total = ws["sum"].sum(dim=1, keepdim=True)
             x = logits.gather(1, chosen.clamp_min(0)).float()
-            m = torch.where(torch.isnan(bm), -math.inf, bm).amax(dim=1, keepdim=True)
+            m = (row_max if row_max is not None else _nan_free_max(bm))[:, None]
             z = _shifted(x, m, torch.float32) / torch.where(greedy, 1.0, temperature[:, None])
             picked = torch.where(greedy, 0.0, z.to(torch.float64) - torch.log(total))
             logprobs.copy_(torch.where(chosen >= 0, picked, math.nan))
@@ -932,10 +953,10 @@ def sample_probs(
         dummy = ws["sum"]
         for grid, (pid0, pid1) in grid_pieces((triton.cdiv(rows, plan.R), plan.nb)):
             _block_kernel[grid](
-                probs, stride, rows, cols, dummy, plan.nb, dummy, dummy, dummy,
+                probs, stride, rows, cols, dummy, dummy, plan.nb, dummy, dummy, dummy,
                 seed, row_id, offset, ws["sum"], ws["last"], keys if keys is not None else dummy, pid0, pid1,
                 IS_PROBS=True, ACC_F64=acc_f64, HAS_THR=False, HAS_MINP=False,
-                RACE=not replacement, W=width, R=plan.R, B=plan.B, NB_P2=plan.NB_P2,
+                RACE=not replacement, W=width, R=plan.R, B=plan.B, NB_P2=plan.NB_P2, ROW_MAX=False,
                 **_launch_shape(4 if replacement else plan.race_warps),
             )  # fmt: skip
         if replacement:

@@ -99,6 +99,9 @@ _MIN_WRITE_WARPS = 8
 #: Register cap of the fused backward kernel: at ptxas's own choice (80 on sm_100) a float16 tile of
 #: 32 rows of odd length spilled.
 _BWD_FUSED_MAXNREG = 128
+#: The rare rows' branches (a +inf max: per tile, block or row) compiled in. Always, but for the AOT check
+#: (.ci/aot_sweep.py), which compiles each kernel once more without them to count the SASS of the usual path.
+_RARE_CASES = tl.constexpr(True)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -231,8 +234,9 @@ def _fwd_fused_kernel(
     x_off, mask = _fused_offsets(row, rows, cols, x_stride, BLOCK, K)
     x = _acc(tl.load(x_ptr + x_off, mask=mask, other=-float("inf")), ACC_F64)
     m = _nan_max(_nan_max(x, 0, NATIVE), 1, NATIVE)  # NaN for a row with a NaN: then every s below is NaN
-    if tl.max(m, axis=0) == float("inf"):
-        x, m = _inf_rule(x, m)
+    if _RARE_CASES:  # noqa: SIM102 (a constexpr: the branch compiled out when off)
+        if tl.max(m, axis=0) == float("inf"):
+            x, m = _inf_rule(x, m)
     s = x - tl.where(m == -float("inf"), 0.0, m)[None, :, None]
     dst: tl.constexpr = out_ptr.dtype.element_ty
     if LOG:
@@ -260,7 +264,7 @@ def _merge(m, c, d, k, mb, cb, db, kb):
 
 
 @triton.jit
-def _block_partial(x, LOG: tl.constexpr, FTZ: tl.constexpr, NATIVE: tl.constexpr):
+def _block_partial(x_in, ACC_F64: tl.constexpr, LOG: tl.constexpr, FTZ: tl.constexpr, NATIVE: tl.constexpr):
     """The partial of one block ``x`` (accumulation dtype, pads = -inf): ``(m, c, d, k)``.
 
     ``m`` is its max (NaN when it holds a NaN, which makes ``d`` NaN, and the combination carries
@@ -270,23 +274,37 @@ def _block_partial(x, LOG: tl.constexpr, FTZ: tl.constexpr, NATIVE: tl.constexpr
     (rare; a uniform branch) gives only its count, ``m = -inf``: its row's output is the +inf rule,
     for which nothing else matters.
     """
-    m = _nan_max(x, 0, NATIVE)
-    zero = tl.sum(tl.zeros_like(x), axis=0)
-    if m == float("inf"):
-        k = tl.sum((x == float("inf")).to(zero.dtype), axis=0)
-        m, c, d = -float("inf") + zero, zero, zero
-    else:
-        k = zero
-        s = x - tl.where(m == -float("inf"), 0.0, m)
-        e = _exp(s, FTZ)
-        if LOG:
-            at_max = s == 0.0
-            c = tl.sum(at_max.to(e.dtype), axis=0)
-            d = tl.sum(tl.where(at_max, 0.0, e), axis=0)
+    m_in = _nan_max(x_in, 0, NATIVE)
+    x = _acc(x_in, ACC_F64)
+    m = _acc(m_in, ACC_F64)
+    zero = tl.zeros([], x.dtype)
+    if _RARE_CASES:
+        if m == float("inf"):
+            k = tl.sum((x == float("inf")).to(x.dtype), axis=0)
+            m, c, d = -float("inf") + zero, zero, zero
         else:
-            c = zero
-            d = tl.sum(e, axis=0)
+            m, c, d, k = _finite_partial(x, m, x_in == m_in, zero, LOG, FTZ)
+    else:
+        m, c, d, k = _finite_partial(x, m, x_in == m_in, zero, LOG, FTZ)
     return m, c, d, k
+
+
+@triton.jit
+def _finite_partial(x, m, at_max, zero, LOG: tl.constexpr, FTZ: tl.constexpr):
+    """:func:`_block_partial` of a block without +inf (``m`` its max, finite, -inf or NaN; ``at_max``: the
+    entries equal to it, compared in the input dtype)."""
+    s = x - tl.where(m == -float("inf"), 0.0, m)
+    e = _exp(s, FTZ)
+    if LOG:
+        d = tl.sum(tl.where(at_max, 0.0, e), axis=0)
+        # The entries at the max have e = 1 exactly: their count is the whole sum less d, to the nearest integer
+        # (the two sums' rounding, < 0.01 for a block of 4,096, is far below 1/2): one add an element, not a
+        # select and an add.
+        c = tl.floor(tl.sum(e, axis=0) - d + 0.5)
+    else:
+        c = zero
+        d = tl.sum(e, axis=0)
+    return m, c, d, zero
 
 
 @triton.jit
@@ -299,11 +317,11 @@ def _chunk_partial(
     that their partials are bitwise the same. Unforced float32 plans have one block per chunk."""
     lane = tl.arange(0, BLOCK)
     x = tl.load(x_row + begin + lane, mask=begin + lane < cols, other=-float("inf"), eviction_policy="evict_last")
-    m, c, d, k = _block_partial(_acc(x, ACC_F64), LOG, NATIVE and not ACC_F64, NATIVE)
+    m, c, d, k = _block_partial(x, ACC_F64, LOG, NATIVE and not ACC_F64, NATIVE)
     for j in tl.static_range(1, CHUNK_BLOCKS):
         col = begin + j * BLOCK + lane
         x = tl.load(x_row + col, mask=col < cols, other=-float("inf"), eviction_policy="evict_last")
-        mb, cb, db, kb = _block_partial(_acc(x, ACC_F64), LOG, NATIVE and not ACC_F64, NATIVE)
+        mb, cb, db, kb = _block_partial(x, ACC_F64, LOG, NATIVE and not ACC_F64, NATIVE)
         m, c, d, k = _merge(m, c, d, k, mb, cb, db, kb)
     return m, c, d, k
 
@@ -389,50 +407,76 @@ def _write_range(
     checks the alignment of both tensors and the strides' congruence, the kernel is told the offsets'
     divisibility. An element's output does not depend on which part writes it (no reduction here).
     """
+    if _RARE_CASES:
+        if m == float("inf"):  # k entries +inf: 1/k (-log k) there, 0 (-inf) elsewhere
+            _write_inf_rule(x_ptr + x_off, out_ptr + out_off, begin, end, cols, scale, log_s, BACKWARDS, BLOCK, LOG,
+                            ACC_F64, NATIVE)  # fmt: skip
+        else:
+            _write_finite(x_ptr, x_off, out_ptr, out_off, begin, end, cols, m, scale, log_s, BACKWARDS, BLOCK, VEC,
+                          LOG, ACC_F64, NATIVE)  # fmt: skip
+    else:
+        _write_finite(x_ptr, x_off, out_ptr, out_off, begin, end, cols, m, scale, log_s, BACKWARDS, BLOCK, VEC, LOG,
+                      ACC_F64, NATIVE)  # fmt: skip
+
+
+@triton.jit
+def _write_inf_rule(
+    x_row, out_row, begin, end, cols, scale, log_s, BACKWARDS: tl.constexpr, BLOCK: tl.constexpr, LOG: tl.constexpr,
+    ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
+):  # fmt: skip
+    """:func:`_write_range` of a row with ``k`` entries +inf: ``1 / k`` (``-log k``) there, 0 (-inf) elsewhere."""
+    lane = tl.arange(0, BLOCK)
+    dst: tl.constexpr = out_row.dtype.element_ty
+    n_blocks = tl.cdiv(end - begin, BLOCK)
+    for i in range(0, n_blocks):
+        col = begin + ((n_blocks - 1 - i) if BACKWARDS else i) * BLOCK + lane
+        mask = col < cols
+        x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
+        at_inf = x == float("inf")
+        if LOG:  # noqa: SIM108 (constexpr branch)
+            y = tl.where(at_inf, -log_s, -float("inf"))
+        else:
+            y = tl.where(at_inf, scale, 0.0)
+        tl.store(out_row + col, _cast_out(_acc(y, ACC_F64), dst, NATIVE, False), mask=mask)
+
+
+@triton.jit
+def _write_finite(
+    x_ptr, x_off, out_ptr, out_off, begin, end, cols, m, scale, log_s, BACKWARDS: tl.constexpr,
+    BLOCK: tl.constexpr, VEC: tl.constexpr, LOG: tl.constexpr, ACC_F64: tl.constexpr, NATIVE: tl.constexpr,
+):  # fmt: skip
+    """:func:`_write_range` of a row whose max ``m`` is finite or -inf."""
     lane = tl.arange(0, BLOCK)
     dst: tl.constexpr = out_ptr.dtype.element_ty
     ftz: tl.constexpr = NATIVE and not ACC_F64 and (LOG or dst != tl.bfloat16)
     x_row = x_ptr + x_off
     out_row = out_ptr + out_off
-    if m == float("inf"):  # k entries +inf: 1/k (-log k) there, 0 (-inf) elsewhere
+    base = tl.where(m == -float("inf"), 0.0, m)  # a row of -inf: exp(-inf - 0) = 0
+    if VEC > 1:
+        lead = (VEC - (x_off + begin) % VEC) % VEC
+        body = tl.minimum(begin + lead, end)
+        n_body = (end - body) // VEC * VEC
+        _write_edge(x_row, out_row, begin, body, base, scale, log_s, VEC, ftz, LOG, ACC_F64, NATIVE)  # the head
+        _write_edge(x_row, out_row, body + n_body, end, base, scale, log_s, VEC, ftz, LOG, ACC_F64, NATIVE)  # tail
+        x_body = x_ptr + tl.multiple_of(x_off + body, VEC)
+        out_body = out_ptr + tl.multiple_of(out_off + body, VEC)
+        n_vec = tl.multiple_of(n_body, VEC)
+        n_group_blocks = tl.cdiv(n_body, BLOCK)
+        for g in range(0, n_group_blocks):  # (names apart from the other branches': other int types)
+            at = ((n_group_blocks - 1 - g) if BACKWARDS else g) * BLOCK + lane
+            in_body = at < n_vec
+            xg = tl.load(x_body + at, mask=in_body, other=0.0, eviction_policy="evict_first")
+            yg = _output_values(xg, base, scale, log_s, dst, ftz, LOG, ACC_F64, NATIVE)
+            tl.store(out_body + at, yg, mask=in_body)
+    else:
         n_blocks = tl.cdiv(end - begin, BLOCK)
         for i in range(0, n_blocks):
             col = begin + ((n_blocks - 1 - i) if BACKWARDS else i) * BLOCK + lane
             mask = col < cols
             x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
-            at_inf = x == float("inf")
-            if LOG:  # noqa: SIM108 (constexpr branch)
-                y = tl.where(at_inf, -log_s, -float("inf"))
-            else:
-                y = tl.where(at_inf, scale, 0.0)
-            tl.store(out_row + col, _cast_out(_acc(y, ACC_F64), dst, NATIVE, False), mask=mask)
-    else:
-        base = tl.where(m == -float("inf"), 0.0, m)  # a row of -inf: exp(-inf - 0) = 0
-        if VEC > 1:
-            lead = (VEC - (x_off + begin) % VEC) % VEC
-            body = tl.minimum(begin + lead, end)
-            n_body = (end - body) // VEC * VEC
-            _write_edge(x_row, out_row, begin, body, base, scale, log_s, VEC, ftz, LOG, ACC_F64, NATIVE)  # the head
-            _write_edge(x_row, out_row, body + n_body, end, base, scale, log_s, VEC, ftz, LOG, ACC_F64, NATIVE)  # tail
-            x_body = x_ptr + tl.multiple_of(x_off + body, VEC)
-            out_body = out_ptr + tl.multiple_of(out_off + body, VEC)
-            n_vec = tl.multiple_of(n_body, VEC)
-            n_group_blocks = tl.cdiv(n_body, BLOCK)
-            for g in range(0, n_group_blocks):  # (names apart from the other branches': other int types)
-                at = ((n_group_blocks - 1 - g) if BACKWARDS else g) * BLOCK + lane
-                in_body = at < n_vec
-                xg = tl.load(x_body + at, mask=in_body, other=0.0, eviction_policy="evict_first")
-                yg = _output_values(xg, base, scale, log_s, dst, ftz, LOG, ACC_F64, NATIVE)
-                tl.store(out_body + at, yg, mask=in_body)
-        else:
-            n_blocks = tl.cdiv(end - begin, BLOCK)
-            for i in range(0, n_blocks):
-                col = begin + ((n_blocks - 1 - i) if BACKWARDS else i) * BLOCK + lane
-                mask = col < cols
-                x = tl.load(x_row + col, mask=mask, other=0.0, eviction_policy="evict_first")
-                tl.store(
-                    out_row + col, _output_values(x, base, scale, log_s, dst, ftz, LOG, ACC_F64, NATIVE), mask=mask
-                )
+            tl.store(
+                out_row + col, _output_values(x, base, scale, log_s, dst, ftz, LOG, ACC_F64, NATIVE), mask=mask
+            )
 
 
 @triton.jit
