@@ -153,17 +153,17 @@ def test_softmax_without_the_rare_branches_is_the_usual_path(monkeypatch, gen):
     x = torch.randn(3, 20_000, generator=gen).mul_(4).half()
     x[1, 7] = -float("inf")
     short = x[:, :300].contiguous()
-    want = []
-    for t in (x, short):
-        for lg in (False, True):
-            out = torch.empty_like(t)
-            S.softmax_forward(t, out, lg)
-            want.append(out)
+
+    def outputs():
+        got = []
+        for t in (x, short):
+            for lg in (False, True):
+                out = torch.empty_like(t)
+                S.softmax_forward(t, out, lg)
+                got.append(out)
+        return got
+
+    want = outputs()
     monkeypatch.setattr(S, "_RARE_CASES", triton.language.constexpr(False))
-    i = 0
-    for t in (x, short):
-        for lg in (False, True):
-            out = torch.empty_like(t)
-            S.softmax_forward(t, out, lg)
-            torch.testing.assert_close(out, want[i], rtol=0, atol=0)
-            i += 1
+    for got, expected in zip(outputs(), want, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

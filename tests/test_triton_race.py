@@ -90,6 +90,23 @@ def test_greedy_rows_with_top_k_ties_and_infinities(gen, block_select):
     assert _check(x, temp, n=4)[0, :3].tolist() == [3, 70, 140]
 
 
+def test_programs_with_and_without_greedy_rows(monkeypatch: pytest.MonkeyPatch, gen, block_select):
+    # two rows a program: one of sampled rows only, one mixed, one of a greedy row only; only the programs
+    # holding a greedy row pack the logits' candidates, and every row is still the reference's
+    if DEVICE.type != "cuda":
+        monkeypatch.setattr(T, "_TILE_INTERP", 2 * BLOCK)
+    rows, cols = 5, 200
+    rows_a_program = T._Plan(rows, cols, 3, DEVICE).R
+    assert rows_a_program == (2 if DEVICE.type != "cuda" else 8)
+    x = torch.randn(rows, cols, generator=gen) * 2.0
+    x[4, [11, 150]] = 9.0  # the greedy-only program's row: a tie at the top, lowest column first
+    for temp in (torch.tensor([0.7, 1.0, 0.0, 1.6, 0.0]), torch.tensor([0.7, 1.0, 1.3, 0.0, 0.9])):
+        tokens = _check(x, temp, n=3)
+        for r in (temp == 0).nonzero().flatten().tolist():  # the three largest logits, in order
+            want = [11, 150, int(x[4, :].topk(3).indices[2])] if r == 4 else x[r].topk(3).indices.tolist()
+            assert tokens[r].tolist() == want, r
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_filters_and_short_rows(dtype, gen, block_select):
     rows, cols = 6, 260

@@ -545,9 +545,10 @@ def _block_kernel(
         else:  # the block's W best candidates -> (rows, nb, W)
             packed = _pack(_key(key), cols[None, :], positive)
             if not IS_PROBS:  # greedy rows: the largest logits of the shift rule's entries (lowest column first)
-                greedy = (t == 0.0)[:, None]
-                live = msk & tl.where(m[:, None] == float("inf"), x == float("inf"), x > -float("inf"))
-                packed = tl.where(greedy, _pack(_key(x), cols[None, :], live), packed)
+                greedy = t == 0.0
+                if tl.max(greedy.to(tl.int32), axis=0) > 0:  # (a uniform branch: only programs holding one)
+                    live = msk & tl.where(m[:, None] == float("inf"), x == float("inf"), x > -float("inf"))
+                    packed = tl.where(greedy[:, None], _pack(_key(x), cols[None, :], live), packed)
             _store_top(key_ptr, out, packed, rmask, W, B)
 
 
